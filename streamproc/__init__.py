@@ -1,0 +1,27 @@
+"""streamproc: real-time rules over Kinesis streams, with alerts delivered once.
+
+Rule modules import what they need from here::
+
+    from streamproc import rule
+"""
+
+from streamproc.errors import (
+    BackpressureError,
+    ConfigError,
+    RecordError,
+    RuleCompileError,
+    StreamprocError,
+    TransportError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackpressureError",
+    "ConfigError",
+    "RecordError",
+    "RuleCompileError",
+    "StreamprocError",
+    "TransportError",
+    "__version__",
+]

@@ -1,0 +1,147 @@
+"""The pluggable parts of streamproc, as small typed protocols.
+
+The runtime loop (``streamproc.runtime``) owns all I/O and drives these. Implementations live in
+``connectors/``; each protocol has a contract test suite that every implementation must pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from streamproc.records import Alert, DeadLetter, Position, RecordBatch
+
+# --------------------------------------------------------------------------------------------
+# Sinks
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One alert handed to one sink. ``delivery_id`` is the runtime's handle to track the ack."""
+
+    delivery_id: int
+    alert: Alert
+
+
+OutcomeStatus = Literal["sent", "duplicate", "parked"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one delivery. Every delivery gets exactly one outcome, eventually.
+
+    - ``sent``: the service acknowledged it.
+    - ``duplicate``: the service already had it (e.g. DynamoDB conditional put failed because the
+      alert id exists): as good as sent.
+    - ``parked``: permanently refused; written to the dead-letter destination with ``reason``.
+    """
+
+    delivery_id: int
+    alert_id: str
+    status: OutcomeStatus
+    reason: str | None = None
+
+
+class Sink(Protocol):
+    """An alert destination.
+
+    Contract:
+    - ``add`` only buffers; it never does I/O and never blocks.
+    - ``flush`` sends what is due, in batches no larger than the service limit, and returns the
+      outcomes it has decided. Entries that failed with a retryable error stay buffered and are
+      retried on a later ``flush`` (after backoff); ``flush`` does not sleep.
+      Permanent failures (or retryable ones past the attempt limit) are parked in the sink's
+      dead-letter destination before their outcome is returned.
+      ``force=True`` sends partially filled batches too (shutdown, checkpoint time).
+    - Nothing added is ever dropped: each delivery eventually gets exactly one outcome.
+    - ``pending`` is the number of buffered deliveries without an outcome (for backpressure).
+    """
+
+    name: str
+
+    def add(self, delivery: Delivery) -> None: ...
+
+    def flush(self, *, force: bool = False) -> list[Outcome]: ...
+
+    def pending(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class DeadLetterDestination(Protocol):
+    """Where refused records and alerts go, with the reason.
+
+    ``park`` is synchronous and all-or-nothing from the caller's point of view: it returns only
+    when every entry is stored, and raises ``TransportError`` otherwise (the caller keeps the
+    entries and tries again; nothing is dropped).
+    """
+
+    def park(self, entries: Sequence[DeadLetter]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+class ShardReader(Protocol):
+    """Reads one shard in order. Driven by the runtime loop, one call at a time.
+
+    - ``next_batch`` makes at most one service call, never sleeps, and returns ``None`` when no
+      call is due yet (rate limits, backoff after throttling). An empty batch means "read, nothing
+      new". Transport errors that retrying can fix are handled inside (backoff, new iterator on
+      expiry); anything else raises ``TransportError``.
+    - ``finished`` becomes true once a closed shard has been read to its end; the runtime then
+      checkpoints it as ended after every alert of it is acknowledged.
+    """
+
+    shard_id: str
+
+    def next_batch(self) -> RecordBatch | None: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """A stream of shards.
+
+    ``poll_assignments`` returns readers for shards that became readable since the last call
+    (new shards, children whose parents are fully checkpointed). It may do I/O; the runtime calls
+    it every few seconds. ``checkpoint`` records that everything up to ``position`` in a shard is
+    done (every derived alert acknowledged); it never moves a checkpoint backwards.
+    ``shard_ended=True`` marks the shard complete so its children can be read.
+    """
+
+    def poll_assignments(self) -> list[ShardReader]: ...
+
+    def checkpoint(self, shard_id: str, position: Position, *, shard_ended: bool = False) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A stored checkpoint: the last position fully processed, or the shard's end."""
+
+    shard_id: str
+    position: Position | None
+    shard_ended: bool = False
+
+
+class CheckpointStore(Protocol):
+    """Durable per-shard checkpoints.
+
+    ``save`` is conditional: it never moves a shard's checkpoint backwards (a stale writer's save
+    is a no-op, not an error). ``load`` returns ``None`` for a shard never checkpointed.
+    """
+
+    def load(self, stream: str, shard_id: str) -> Checkpoint | None: ...
+
+    def save(
+        self, stream: str, shard_id: str, position: Position | None, *, shard_ended: bool = False
+    ) -> None: ...

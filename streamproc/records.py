@@ -1,0 +1,165 @@
+"""Values that flow through the pipeline: records in, alerts and dead letters out.
+
+All are frozen dataclasses with ``__slots__``: cheap to create, safe to share between the loop
+and connectors, and impossible to mutate by accident after a sink has seen them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Position:
+    """A point in a shard: Kinesis sequence number plus KPL sub-sequence number.
+
+    Sequence numbers are opaque decimal strings of any length (moto uses "1", "2"...; Kinesis uses
+    56 digits). They are compared as integers, never as strings.
+    """
+
+    sequence_number: int
+    sub_sequence_number: int = 0
+
+    @classmethod
+    def of(cls, sequence_number: str, sub_sequence_number: int = 0) -> Position:
+        return cls(int(sequence_number), sub_sequence_number)
+
+    @property
+    def sequence(self) -> str:
+        return str(self.sequence_number)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One user record read from a shard (KPL aggregates are already split)."""
+
+    data: bytes
+    partition_key: str
+    sequence_number: str
+    sub_sequence_number: int
+    arrival_ms: int  # approximate arrival timestamp, epoch milliseconds, UTC
+    shard_id: str
+
+    @property
+    def position(self) -> Position:
+        return Position(int(self.sequence_number), self.sub_sequence_number)
+
+    @property
+    def arrival_time(self) -> datetime:
+        return datetime.fromtimestamp(self.arrival_ms / 1000, tz=UTC)
+
+    @property
+    def identity(self) -> str:
+        """Where the record sits in its stream: the fallback identity of an alert."""
+        return f"{self.shard_id}/{self.sequence_number}/{self.sub_sequence_number}"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordBatch:
+    """What one read of one shard returned. ``records`` may be empty (nothing new yet)."""
+
+    shard_id: str
+    records: list[Record]
+    millis_behind_latest: int | None = None
+
+
+def make_alert_id(rule: str, rule_version: int | str, identity: str) -> str:
+    """Deterministic alert id: the same rule version on the same record gives the same id.
+
+    32 hex characters (128 bits of BLAKE2b) fit every deduplication field we write: SQS/SNS FIFO
+    deduplication ids (<= 128 chars), DynamoDB keys, EventBridge detail.
+    """
+    digest = hashlib.blake2b(
+        f"{rule}\x1f{rule_version}\x1f{identity}".encode(), digest_size=16
+    ).hexdigest()
+    return digest
+
+
+Severity = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
+SEVERITIES: tuple[Severity, ...] = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """The output of a rule for one record (or one window, later).
+
+    ``alert_id`` is deterministic (see :func:`make_alert_id`) and is in every payload, so any
+    downstream consumer can deduplicate. ``key`` is the business key (e.g. the card) used as the
+    FIFO message group; ``sinks`` names the sinks the alert must reach.
+    """
+
+    alert_id: str
+    rule: str
+    rule_version: int
+    severity: Severity
+    key: str | None
+    fields: Mapping[str, Any]
+    sinks: tuple[str, ...]
+    shard_id: str
+    sequence_number: str
+    sub_sequence_number: int = 0
+    event_time: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON object every sink sends. Deterministic for a given rule version and record."""
+        return {
+            "alert_id": self.alert_id,
+            "rule": self.rule,
+            "rule_version": self.rule_version,
+            "severity": self.severity,
+            "key": self.key,
+            "event_time": self.event_time,
+            "fields": dict(self.fields),
+            "source": {
+                "shard_id": self.shard_id,
+                "sequence_number": self.sequence_number,
+                "sub_sequence_number": self.sub_sequence_number,
+            },
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.payload(), option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Something that could not be processed or delivered, with the reason.
+
+    ``kind`` is "record" for input the pipeline refused (the original bytes are kept, base64) and
+    "alert" for an alert a sink rejected permanently (the alert payload is kept).
+    """
+
+    kind: Literal["record", "alert"]
+    reason: str
+    shard_id: str
+    sequence_number: str
+    sub_sequence_number: int = 0
+    sink: str | None = None
+    rule: str | None = None
+    alert_id: str | None = None
+    data: bytes = b""
+    at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "reason": self.reason,
+            "shard_id": self.shard_id,
+            "sequence_number": self.sequence_number,
+            "sub_sequence_number": self.sub_sequence_number,
+            "sink": self.sink,
+            "rule": self.rule,
+            "alert_id": self.alert_id,
+            "data_base64": base64.b64encode(self.data).decode("ascii"),
+            "at": self.at,
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.payload())
