@@ -13,6 +13,7 @@ from streamproc.errors import (
     StreamprocError,
     TransportError,
 )
+from streamproc.ruleset import predicate_rule, rule
 
 __version__ = "0.1.0"
 
@@ -24,4 +25,6 @@ __all__ = [
     "StreamprocError",
     "TransportError",
     "__version__",
+    "predicate_rule",
+    "rule",
 ]
