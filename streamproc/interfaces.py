@@ -114,12 +114,15 @@ class Source(Protocol):
     (new shards, children whose parents are fully checkpointed). It may do I/O; the runtime calls
     it every few seconds. ``checkpoint`` records that everything up to ``position`` in a shard is
     done (every derived alert acknowledged); it never moves a checkpoint backwards.
-    ``shard_ended=True`` marks the shard complete so its children can be read.
+    ``shard_ended=True`` marks the shard complete so its children can be read; ``position`` is
+    ``None`` only for an ended shard that held no records.
     """
 
     def poll_assignments(self) -> list[ShardReader]: ...
 
-    def checkpoint(self, shard_id: str, position: Position, *, shard_ended: bool = False) -> None: ...
+    def checkpoint(
+        self, shard_id: str, position: Position | None, *, shard_ended: bool = False
+    ) -> None: ...
 
     def close(self) -> None: ...
 
