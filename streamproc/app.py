@@ -1,0 +1,153 @@
+"""Wiring: build the runtime (source, rules, sinks, dead letters, metrics) from a Config."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.config import Config
+
+from connectors.aws import make_client
+from connectors.checkpoints import DynamoDbCheckpointStore
+from connectors.deadletter import FileDeadLetter, SqsDeadLetter
+from connectors.dynamodb import DynamoDbAlertSink
+from connectors.eventbridge import EventBridgeSink
+from connectors.kinesis import KinesisPollerSource
+from connectors.sns import SnsSink
+from connectors.sqs import SqsSink
+from streamproc.config import Config as StreamprocConfig
+from streamproc.emulators import LOCAL_CREDENTIALS, free_port
+from streamproc.interfaces import DeadLetterDestination, Sink
+from streamproc.metrics import Metrics
+from streamproc.processor import DecodeLimits, ShardProcessor
+from streamproc.ruleset import RuleSet, load_rules
+from streamproc.runtime import Runtime, RuntimeSettings, check_rule_sinks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class App:
+    runtime: Runtime
+    ruleset: RuleSet
+    metrics_url: str | None
+
+    @property
+    def rule_names(self) -> list[str]:
+        return [r.name for r in self.ruleset.rules]
+
+
+def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: bool = True) -> App:
+    """Everything ``streamproc run`` needs, validated before any record is read.
+
+    Rule errors raise ``RuleCompileError``; a rule naming a sink that is not enabled raises
+    ``ConfigError``. Creating clients does no I/O, so an unreachable endpoint shows up on the
+    first read (as a retried transport error), not here.
+    """
+    ruleset = load_rules(config.rules.paths)
+    credentials: dict[str, Any] = dict(LOCAL_CREDENTIALS) if local else {}
+
+    def client(service: str, **kw: Any) -> Any:
+        return make_client(
+            service,
+            region=config.aws.region,
+            endpoint_url=config.aws.endpoint_url,
+            **credentials,
+            **kw,
+        )
+
+    dead_letter: DeadLetterDestination
+    if config.dead_letter.kind == "sqs":
+        dead_letter = SqsDeadLetter(client("sqs"), config.dead_letter.queue_url)
+    else:
+        dead_letter = FileDeadLetter(config.dead_letter.path)
+
+    sinks = build_sinks(config, client, dead_letter)
+    limits = DecodeLimits(
+        max_record_bytes=config.limits.max_record_bytes,
+        max_nesting_depth=config.limits.max_nesting_depth,
+    )
+    default_sinks = tuple(sinks)
+
+    def processor_factory(_shard_id: str) -> ShardProcessor:
+        return ShardProcessor(
+            ruleset,
+            identity_field=config.rules.identity_field,
+            event_time_field=config.rules.event_time_field,
+            limits=limits,
+            default_sinks=default_sinks,
+        )
+
+    check_rule_sinks(processor_factory("-"), sinks)
+    source = KinesisPollerSource(
+        # The reader backs off itself without blocking the loop; botocore's retries would sleep.
+        client("kinesis", config=Config(retries={"mode": "standard", "total_max_attempts": 1})),
+        stream=config.source.stream,
+        checkpoints=DynamoDbCheckpointStore(client("dynamodb"), config.source.checkpoint_table),
+        start_position=config.source.start_position,
+        start_timestamp=config.source.start_timestamp,
+        max_records_per_call=config.source.max_records_per_call,
+        min_call_interval=config.source.poll_interval_ms / 1000,
+    )
+    settings = RuntimeSettings(
+        max_inflight_records=config.limits.max_inflight_records,
+        max_pending_deliveries=config.limits.max_pending_deliveries,
+        checkpoint_interval_s=config.runtime.checkpoint_interval_s,
+        discovery_interval_s=config.source.discovery_interval_s,
+        drain_timeout_s=config.runtime.drain_timeout_s,
+    )
+    metrics = Metrics()
+    metrics_url = None
+    if config.metrics.enabled and serve_metrics:
+        metrics_url = _serve_metrics(metrics, config, local=local)
+    runtime = Runtime(
+        source, processor_factory, sinks, dead_letter, settings=settings, metrics=metrics
+    )
+    return App(runtime=runtime, ruleset=ruleset, metrics_url=metrics_url)
+
+
+def build_sinks(config: Config, client: Any, dead_letter: DeadLetterDestination) -> dict[str, Sink]:
+    s = config.sinks
+    options: dict[str, Any] = {"max_attempts": s.max_attempts, "linger_seconds": s.linger_ms / 1000}
+    sinks: dict[str, Sink] = {}
+    if s.eventbridge.enabled:
+        sinks["eventbridge"] = EventBridgeSink(
+            client("events"),
+            bus_name=s.eventbridge.bus_name,
+            source=s.eventbridge.source,
+            detail_type=s.eventbridge.detail_type,
+            dead_letter=dead_letter,
+            **options,
+        )
+    if s.sns.enabled:
+        sinks["sns"] = SnsSink(
+            client("sns"), topic_arn=s.sns.topic_arn, dead_letter=dead_letter, **options
+        )
+    if s.sqs.enabled:
+        sinks["sqs"] = SqsSink(
+            client("sqs"), queue_url=s.sqs.queue_url, dead_letter=dead_letter, **options
+        )
+    if s.dynamodb.enabled:
+        sinks["dynamodb"] = DynamoDbAlertSink(
+            client("dynamodb"), table=s.dynamodb.table, dead_letter=dead_letter, **options
+        )
+    return sinks
+
+
+def _serve_metrics(metrics: Metrics, config: StreamprocConfig, *, local: bool) -> str:
+    host, port = config.metrics.host, config.metrics.port
+    try:
+        metrics.serve(host, port)
+    except OSError as exc:
+        if not local:
+            from streamproc.errors import ConfigError
+
+            raise ConfigError(
+                "metrics.port", f"cannot serve metrics on {host}:{port}: {exc}"
+            ) from None
+        # The local demo should not fail because another run holds the port.
+        port = free_port()
+        log.warning("metrics port %d busy; serving on %d instead", config.metrics.port, port)
+        metrics.serve(host, port)
+    return f"http://{host}:{port}/metrics"

@@ -1,0 +1,348 @@
+"""The one loop: read shards, run the rules, deliver alerts, checkpoint what is acknowledged.
+
+Everything that does I/O is driven from :meth:`Runtime.run_once`, in one thread, in this order:
+
+1. discover shards (every few seconds): new readers join, ended shards leave;
+2. read: each shard whose in-flight budget allows it makes at most one read; the shard processor
+   (pure) turns the batch into alerts and dead letters; alerts are *added* to their sinks
+   (buffer only) and the batch gets a ticket that counts its undecided deliveries;
+3. flush: every sink sends what is due and reports outcomes; each outcome settles one delivery
+   of one ticket;
+4. checkpoint: a shard's checkpoint moves to the end of the longest run of settled tickets —
+   never past a record whose alerts are still undecided.
+
+Backpressure: a shard stops reading while ``max_inflight_records`` of its records are unsettled,
+and every shard stops while sinks hold ``max_pending_deliveries``. A slow or failing sink thus
+slows reading; memory stays bounded. On stop, reading ends, sinks are drained (up to
+``drain_timeout_s``) and settled positions are checkpointed; anything unsettled is read again by
+the next run, where deterministic alert ids make re-sent alerts no-ops at idempotent sinks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from streamproc.errors import ConfigError, TransportError
+from streamproc.interfaces import (
+    DeadLetterDestination,
+    Delivery,
+    Outcome,
+    ShardReader,
+    Sink,
+    Source,
+)
+from streamproc.metrics import Metrics, Totals
+from streamproc.processor import ShardProcessor
+from streamproc.records import DeadLetter, Position, RecordBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    max_inflight_records: int = 20_000
+    max_pending_deliveries: int = 10_000
+    checkpoint_interval_s: float = 2.0
+    discovery_interval_s: float = 10.0
+    drain_timeout_s: float = 30.0
+    idle_sleep_s: float = 0.01
+
+
+@dataclass(slots=True)
+class _Ticket:
+    """One read batch: its last position, its record count, and its undecided work items."""
+
+    end: Position
+    records: int
+    pending: int = 0
+
+
+@dataclass(slots=True)
+class _Shard:
+    reader: ShardReader
+    processor: ShardProcessor
+    tickets: deque[_Ticket] = field(default_factory=deque)
+    settled: Position | None = None  # everything up to here is decided
+    checkpointed: Position | None = None
+    last_checkpoint_at: float = 0.0
+    inflight_records: int = 0
+    unparked: list[tuple[_Ticket, list[DeadLetter]]] = field(default_factory=list)
+
+
+class Runtime:
+    """Drives a source, the rules and the sinks. Not thread-safe except :meth:`stop`."""
+
+    def __init__(
+        self,
+        source: Source,
+        processor_factory: Callable[[str], ShardProcessor],
+        sinks: Mapping[str, Sink],
+        dead_letter: DeadLetterDestination,
+        *,
+        settings: RuntimeSettings | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.processor_factory = processor_factory
+        self.sinks = dict(sinks)
+        self.dead_letter = dead_letter
+        self.settings = settings or RuntimeSettings()
+        self.metrics = metrics or Metrics()
+        self.totals = Totals()
+        self.clock = clock
+        self._shards: dict[str, _Shard] = {}
+        self._deliveries: dict[int, _Ticket] = {}
+        self._next_delivery_id = 0
+        self._last_discovery = float("-inf")
+        self._stopping = False
+
+    # ------------------------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Ask the loop to stop reading, drain and checkpoint. Safe from signal handlers."""
+        self._stopping = True
+
+    def run(
+        self,
+        *,
+        duration: float | None = None,
+        on_tick: Callable[[Totals], None] | None = None,
+        tick_interval: float = 2.0,
+    ) -> Totals:
+        """Run until :meth:`stop` or ``duration`` seconds, then drain and checkpoint.
+
+        ``on_tick`` is called from the loop every ``tick_interval`` seconds (live summaries).
+        """
+        deadline = None if duration is None else self.clock() + duration
+        next_tick = self.clock() + tick_interval
+        try:
+            while not self._stopping:
+                now = self.clock()
+                if deadline is not None and now >= deadline:
+                    break
+                if on_tick is not None and now >= next_tick:
+                    on_tick(self.totals)
+                    next_tick = now + tick_interval
+                if not self.run_once():
+                    time.sleep(self.settings.idle_sleep_s)
+        finally:
+            self._stopping = True
+            self.drain()
+            self.close()
+        return self.totals
+
+    def run_once(self) -> bool:
+        """One turn of the loop. Returns True if it did any work (read, delivered, settled)."""
+        now = self.clock()
+        if now - self._last_discovery >= self.settings.discovery_interval_s:
+            self._discover()
+            self._last_discovery = now
+        busy = False
+        if not self._stopping:
+            busy |= self._read_all()
+        busy |= self._flush_sinks(force=self._stopping)
+        busy |= self._park_dead_letters()
+        self._settle_and_checkpoint(force=self._stopping)
+        return busy
+
+    def drain(self) -> None:
+        """Flush every sink until all deliveries are decided or the drain timeout passes."""
+        end = self.clock() + self.settings.drain_timeout_s
+        while self._deliveries or any(s.unparked for s in self._shards.values()):
+            self._flush_sinks(force=True)
+            self._park_dead_letters()
+            self._settle_and_checkpoint(force=False)
+            if self.clock() >= end:
+                log.warning(
+                    "stopping with %d alert deliveries undecided after %.0f s; their records are "
+                    "not checkpointed and will be read again on restart",
+                    len(self._deliveries),
+                    self.settings.drain_timeout_s,
+                )
+                break
+            if self._deliveries:
+                time.sleep(self.settings.idle_sleep_s)
+        self._settle_and_checkpoint(force=True)
+
+    def close(self) -> None:
+        for shard in self._shards.values():
+            shard.reader.close()
+        for sink in self.sinks.values():
+            sink.close()
+        self.dead_letter.close()
+        self.source.close()
+
+    # ------------------------------------------------------------------------------ stages
+
+    def _discover(self) -> None:
+        try:
+            readers = self.source.poll_assignments()
+        except TransportError as exc:
+            if not exc.retryable:
+                raise
+            log.warning("shard discovery failed, will retry: %s", exc)
+            return
+        for reader in readers:
+            if reader.shard_id in self._shards:
+                continue
+            log.info("reading shard %s", reader.shard_id)
+            self._shards[reader.shard_id] = _Shard(reader, self.processor_factory(reader.shard_id))
+        self.totals.shards_active = len(self._shards)
+
+    def _read_all(self) -> bool:
+        if sum(s.pending() for s in self.sinks.values()) >= self.settings.max_pending_deliveries:
+            return False  # backpressure: sinks are behind; let them drain first
+        busy = False
+        for shard in list(self._shards.values()):
+            if shard.reader.finished:
+                continue
+            if shard.inflight_records >= self.settings.max_inflight_records:
+                continue
+            batch = shard.reader.next_batch()
+            if batch is None:
+                continue
+            self._note_read(batch)
+            if batch.records:
+                self._process(shard, batch)
+                busy = True
+        return busy
+
+    def _process(self, shard: _Shard, batch: RecordBatch) -> None:
+        result = shard.processor.process(batch.records)
+        last = batch.records[-1]
+        ticket = _Ticket(end=last.position, records=len(batch.records))
+        for alert in result.alerts:
+            for sink_name in alert.sinks:
+                delivery_id = self._next_delivery_id
+                self._next_delivery_id += 1
+                self.sinks[sink_name].add(Delivery(delivery_id, alert))
+                self._deliveries[delivery_id] = ticket
+                ticket.pending += 1
+        if result.dead_letters:
+            ticket.pending += 1
+            shard.unparked.append((ticket, result.dead_letters))
+            self.totals.records_dead_lettered += len(result.dead_letters)
+            self.metrics.records_dead_lettered.labels(batch.shard_id).inc(len(result.dead_letters))
+        shard.tickets.append(ticket)
+        shard.inflight_records += ticket.records
+        rules = shard.processor.ruleset.rules
+        for index, count in enumerate(result.matches):
+            if count:
+                name = rules[index].name
+                self.totals.rule_matches[name] = self.totals.rule_matches.get(name, 0) + count
+                self.metrics.rule_matches.labels(name).inc(count)
+
+    def _note_read(self, batch: RecordBatch) -> None:
+        n = len(batch.records)
+        if n:
+            self.totals.records_read += n
+            self.metrics.records_read.labels(batch.shard_id).inc(n)
+        if batch.millis_behind_latest is not None:
+            self.totals.millis_behind_latest[batch.shard_id] = batch.millis_behind_latest
+            self.metrics.millis_behind_latest.labels(batch.shard_id).set(batch.millis_behind_latest)
+
+    def _flush_sinks(self, *, force: bool) -> bool:
+        busy = False
+        for name, sink in self.sinks.items():
+            if not sink.pending():
+                continue
+            failures_before = _failures(sink)
+            started = time.perf_counter()
+            outcomes = sink.flush(force=force)
+            if outcomes:
+                self.metrics.sink_flush_seconds.labels(name).observe(time.perf_counter() - started)
+                self._settle(name, outcomes)
+                busy = True
+            failed = _failures(sink) - failures_before
+            if failed:
+                self.metrics.sink_failures.labels(name).inc(failed)
+        pending = sum(s.pending() for s in self.sinks.values())
+        self.totals.pending_deliveries = pending
+        self.metrics.pending_deliveries.set(pending)
+        return busy
+
+    def _settle(self, sink_name: str, outcomes: list[Outcome]) -> None:
+        counts = self.totals.sink_outcomes.setdefault(sink_name, {})
+        for outcome in outcomes:
+            ticket = self._deliveries.pop(outcome.delivery_id, None)
+            if ticket is None:  # a sink reported a delivery twice: a sink bug, never fatal
+                log.error("sink %s reported delivery %d twice", sink_name, outcome.delivery_id)
+                continue
+            ticket.pending -= 1
+            counts[outcome.status] = counts.get(outcome.status, 0) + 1
+            self.metrics.alerts.labels(sink_name, outcome.status).inc()
+            if outcome.status == "parked":
+                self.totals.alerts_dead_lettered += 1
+
+    def _park_dead_letters(self) -> bool:
+        busy = False
+        for shard in self._shards.values():
+            while shard.unparked:
+                ticket, entries = shard.unparked[0]
+                try:
+                    self.dead_letter.park(entries)
+                except TransportError as exc:
+                    log.warning("dead-letter destination failed, will retry: %s", exc)
+                    return busy
+                shard.unparked.pop(0)
+                ticket.pending -= 1
+                busy = True
+        return busy
+
+    def _settle_and_checkpoint(self, *, force: bool) -> None:
+        now = self.clock()
+        for shard_id, shard in list(self._shards.items()):
+            while shard.tickets and shard.tickets[0].pending == 0:
+                ticket = shard.tickets.popleft()
+                shard.settled = ticket.end
+                shard.inflight_records -= ticket.records
+            lag = shard.inflight_records
+            self.totals.checkpoint_lag_records[shard_id] = lag
+            self.metrics.checkpoint_lag.labels(shard_id).set(lag)
+            ended = shard.reader.finished and not shard.tickets and not shard.unparked
+            due = (
+                force
+                or ended
+                or now - shard.last_checkpoint_at >= self.settings.checkpoint_interval_s
+            )
+            if not due:
+                continue
+            if shard.settled != shard.checkpointed or ended:
+                try:
+                    self.source.checkpoint(shard_id, shard.settled, shard_ended=ended)
+                except TransportError as exc:
+                    log.warning("checkpoint of %s failed, will retry: %s", shard_id, exc)
+                    continue
+                shard.checkpointed = shard.settled
+                shard.last_checkpoint_at = now
+                self.totals.checkpoints += 1
+                self.metrics.checkpoints.labels(shard_id).inc()
+            if ended:
+                log.info("shard %s read to its end and checkpointed", shard_id)
+                shard.reader.close()
+                del self._shards[shard_id]
+                self.totals.shards_ended += 1
+                self.totals.shards_active = len(self._shards)
+
+
+def _failures(sink: Sink) -> int:
+    """Failed attempts a sink has seen so far, if it counts them (``failed_attempts``)."""
+    return int(getattr(sink, "failed_attempts", 0))
+
+
+def check_rule_sinks(processor: ShardProcessor, sinks: Mapping[str, Sink]) -> None:
+    """Fail at start if a rule targets a sink that is not configured."""
+    for rule in processor.ruleset.rules:
+        for name in rule.sinks or processor.default_sinks:
+            if name not in sinks:
+                enabled = ", ".join(sorted(sinks)) or "none"
+                raise ConfigError(
+                    f"sinks.{name}",
+                    f"rule {rule.name!r} ({rule.origin}) sends to sink {name!r}, which is not "
+                    f"enabled (enabled: {enabled}); enable it or change the rule's sinks",
+                )
