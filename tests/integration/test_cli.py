@@ -1,0 +1,92 @@
+"""The command line as a user runs it: real processes, real exit codes, real output."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STREAMPROC = [sys.executable, "-m", "streamproc.cli"]
+
+
+def run(
+    *args: str, cwd: Path = ROOT, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*STREAMPROC, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_run_local_delivers_alerts_to_all_four_sinks_and_exits_cleanly(tmp_path: Path) -> None:
+    """The README's main command, shortened: alerts must show up at every destination."""
+    (tmp_path / "rules").symlink_to(ROOT / "rules")
+    result = run("run", "--local", "--duration", "10", "--rate", "400", "--summary-interval", "2",
+                 cwd=tmp_path, env={"STREAMPROC__METRICS__PORT": "0"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "final checkpoint written" in out
+    read = int(re.search(r"records read\s+([\d,]+)", out).group(1).replace(",", ""))  # type: ignore[union-attr]
+    assert read > 1000
+    matches = re.search(r"rule high_value_out_of_state\s+([\d,]+) matches", out)
+    assert matches is not None
+    alerts = int(matches.group(1).replace(",", ""))
+    assert alerts > 0
+    for sink in ("dynamodb", "eventbridge", "sns", "sqs"):
+        assert re.search(rf"sink {sink}\s+sent {alerts:,}\b", out), (sink, out)
+    for where in ("eventbridge → inbox queue", "sns → HIGH/CRITICAL inbox queue",
+                  "sqs fifo queue", "dynamodb table items"):  # fmt: skip
+        found = re.search(rf"{re.escape(where)}\s+([\d,]+)", out)
+        assert found is not None and int(found.group(1).replace(",", "")) == alerts, (where, out)
+    assert "[" in out and "/s)" in out  # the live summary printed at least once
+
+
+def test_rules_list_shows_the_shipped_rule() -> None:
+    result = run("rules", "list", "rules")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "high_value_out_of_state v1  [HIGH]  amount > 2000 AND state <> home_state" in result.stdout
+    )
+
+
+def test_rules_check_reports_a_syntax_error_with_file_line_column(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.py"
+    bad.write_text("from streamproc import rule\n\nx = rule(name='a', condition='amount > 1'\n")
+    result = run("rules", "check", str(tmp_path))
+    assert result.returncode == 1
+    assert re.search(rf"{re.escape(str(bad))}:3:\d+: ", result.stderr), result.stderr
+
+
+def test_rules_check_reports_a_bad_condition_inside_the_rule_file(tmp_path: Path) -> None:
+    bad = tmp_path / "escape.py"
+    bad.write_text(
+        "from streamproc import rule\n\n"
+        "x = rule(name='a', condition=\"amount > 1 AND __import__('os') IS NULL\")\n"
+    )
+    result = run("rules", "check", str(tmp_path))
+    assert result.returncode == 1
+    assert f"{bad}:3:" in result.stderr
+    assert "__import__" in result.stderr or "function" in result.stderr.lower()
+
+
+def test_invalid_configuration_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[source]\nstart_position = "EARLIEST"\n')
+    result = run("run", "--config", str(config))
+    assert result.returncode == 2
+    assert "source.start_position" in result.stderr
+    assert "TRIM_HORIZON" in result.stderr
+
+
+def test_help_everywhere() -> None:
+    for args in (["--help"], ["run", "--help"], ["produce", "--help"], ["rules", "list", "--help"]):
+        result = run(*args)
+        assert result.returncode == 0
+        assert "usage: streamproc" in result.stdout
