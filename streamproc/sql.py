@@ -36,17 +36,27 @@ Semantics (the contract; tests/unit/test_sql.py checks it against a reference ev
 from __future__ import annotations
 
 import ast
-import operator
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, TokenError
 
-from streamproc.errors import MissingFieldError, RuleCompileError
+from streamproc import sql_pyast as A
+from streamproc.errors import RuleCompileError
+from streamproc.sql_runtime import (
+    HELPERS,
+    PATH_HINT,
+    RUNTIME,
+    Family,
+    Kind,
+    field_getter,
+    segment_problem,
+    sql_in,
+)
 
 __all__ = ["CompiledCondition", "compile_condition", "field_getter"]
 
@@ -63,145 +73,6 @@ class CompiledCondition:
     fn: Predicate
     fields: frozenset[str]
     python_source: str = ""
-
-
-# -- runtime: the semantics in plain Python ----------------------------------------------------
-# Generated code inlines the common fast paths and calls these for the rest (NULLs, mixed types).
-
-_NUMBER_TYPES = frozenset({int, float})
-Family = Literal["num", "str", "bool"]
-_FAMILIES: dict[type, Family] = {int: "num", float: "num", str: "str", bool: "bool"}
-Kind = Literal["num", "str", "bool", "null", "any"]  # what a compiled value holds (besides NULL)
-
-
-def _family(value: object) -> object:
-    return _FAMILIES.get(type(value), type(value))
-
-
-def _eq(a: Any, b: Any) -> bool | None:
-    if a is None or b is None:
-        return None
-    return _family(a) == _family(b) and bool(a == b)
-
-
-def _ordering(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], bool | None]:
-    def compare(a: Any, b: Any) -> bool | None:
-        family = _family(a)
-        if a is None or b is None or family not in ("num", "str", "bool") or family != _family(b):
-            return None
-        return bool(op(a, b))
-
-    return compare
-
-
-def _arithmetic(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
-    def apply(a: Any, b: Any) -> Any:
-        return op(a, b) if type(a) in _NUMBER_TYPES and type(b) in _NUMBER_TYPES else None
-
-    return apply
-
-
-def _sql_mod(a: Any, b: Any) -> Any:
-    remainder = abs(a) % abs(b)  # Python's % takes the divisor's sign, SQL's the dividend's
-    return -remainder if a < 0 else remainder
-
-
-def _in(value: Any, options: tuple[Any, ...]) -> bool | None:
-    """TRUE on a match, else NULL if the value or an option is NULL, else FALSE."""
-    unknown = value is None
-    for option in options:
-        result = _eq(value, option)
-        if result:
-            return True
-        unknown = unknown or result is None
-    return None if unknown else False
-
-
-def _get_or_none(doc: Any, path: tuple[str, ...]) -> Any:
-    """The value at ``path``, or None if missing or unreachable (operands of IS NULL)."""
-    for segment in path:
-        try:
-            doc = doc[segment]
-        except (KeyError, TypeError):
-            return None
-    return doc
-
-
-def _missing(doc: Any, paths: tuple[tuple[str, ...], ...], error: Exception) -> None:
-    """On KeyError/TypeError in generated code: raise MissingFieldError for the field, or return
-    (the caller re-raises) when every field is reachable, i.e. the error was not about a field.
-    Prefers a path failing at the KeyError's key, to name the field actually looked up."""
-    key = error.args[0] if isinstance(error, KeyError) and error.args else None
-    first = None
-    for path in paths:
-        value: Any = doc
-        for segment in path:
-            try:
-                value = value[segment]
-            except (KeyError, TypeError):
-                if key is None or segment == key:
-                    raise MissingFieldError(".".join(path)) from None
-                first = first or ".".join(path)
-                break
-    if first is not None:
-        raise MissingFieldError(first) from None
-
-
-_HELPERS: dict[str, Callable[..., Any]] = {
-    "eq": _eq,
-    "ne": lambda a, b: None if (equal := _eq(a, b)) is None else not equal,
-    "lt": _ordering(operator.lt),
-    "le": _ordering(operator.le),
-    "gt": _ordering(operator.gt),
-    "ge": _ordering(operator.ge),
-    "add": _arithmetic(operator.add),
-    "sub": _arithmetic(operator.sub),
-    "mul": _arithmetic(operator.mul),
-    "div": _arithmetic(lambda a, b: None if b == 0 else a / b),
-    "mod": _arithmetic(lambda a, b: None if b == 0 else _sql_mod(a, b)),
-    "in": _in,
-}
-_RUNTIME: dict[str, Any] = {
-    "__builtins__": {},  # generated code uses only the names below
-    **{f"_{name}": helper for name, helper in _HELPERS.items()},
-    **{"_NUM": _NUMBER_TYPES, "_ORD": frozenset(_FAMILIES), "_str": str, "_bool": bool},
-    **{"_len": len, "_abs": abs, "_get_or_none": _get_or_none, "_missing": _missing},
-    **{"KeyError": KeyError, "TypeError": TypeError},
-}
-
-
-def field_getter(path: str) -> Callable[[Mapping[str, Any]], Any]:
-    """``get(record)`` reads dotted ``path`` and raises MissingFieldError(path) when a segment is
-    missing or the path crosses a non-object. An invalid path (empty segment, a segment starting
-    with ``__``) raises RuleCompileError now."""
-    segments = _split_path(path)
-
-    def get(doc: Mapping[str, Any]) -> Any:
-        value: Any = doc
-        try:
-            for segment in segments:
-                value = value[segment]
-        except (KeyError, TypeError):
-            raise MissingFieldError(path) from None
-        return value
-
-    return get
-
-
-def _split_path(path: str) -> tuple[str, ...]:
-    segments = tuple(path.split(".")) if isinstance(path, str) else ("",)
-    for segment in segments:
-        if problem := _segment_problem(segment):
-            raise RuleCompileError(f"invalid field path {path!r}: {problem}", hint=_PATH_HINT)
-    return segments
-
-
-def _segment_problem(segment: str) -> str | None:
-    if not segment or segment != segment.strip():
-        return f"empty field name or name with surrounding spaces: {segment!r}"
-    if segment.startswith("__"):
-        return f"field name {segment!r} is reserved (names starting with '__' are not allowed)"
-    return None
 
 
 # -- compiler: sqlglot tree -> Python ast --------------------------------------------------------
@@ -252,54 +123,6 @@ _BOOLEAN_NODES: tuple[type[exp.Expr], ...] = (
 _FUNCTIONS = "ABS, COALESCE, LENGTH, LOWER, UPPER"
 _NUMBER = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _HINT = "write a WHERE-clause condition, e.g. amount > 2000 AND state <> home_state"
-_PATH_HINT = "write fields as name or parent.child"
-
-
-@dataclass(frozen=True, slots=True)
-class _Val:
-    expr: ast.expr
-    kind: Kind
-    const: bool = False  # expr is an ast.Constant holding the final value
-
-    @property
-    def value(self) -> Any:
-        return self.expr.value if isinstance(self.expr, ast.Constant) else None
-
-
-def _load(name: str) -> ast.Name:
-    return ast.Name(id=name, ctx=ast.Load())
-
-
-def _const(value: Any) -> ast.Constant:
-    return ast.Constant(value=value)
-
-
-def _cmp(left: ast.expr, op: ast.cmpop, right: ast.expr) -> ast.Compare:
-    return ast.Compare(left=left, ops=[op], comparators=[right])
-
-
-def _is(left: ast.expr, value: bool | None, negate: bool = False) -> ast.expr:
-    if isinstance(left, ast.Constant):  # fold: "'a' is None" is a SyntaxWarning
-        return _const((left.value is value) != negate)
-    return _cmp(left, ast.IsNot() if negate else ast.Is(), _const(value))
-
-
-def _if(test: ast.expr, body: ast.expr | bool | None, orelse: ast.expr | bool | None) -> ast.IfExp:
-    body, orelse = (x if isinstance(x, ast.expr) else _const(x) for x in (body, orelse))
-    return ast.IfExp(test=test, body=body, orelse=orelse)
-
-
-def _call(function: str | ast.expr, *args: ast.expr) -> ast.Call:
-    func = _load(function) if isinstance(function, str) else function
-    return ast.Call(func=func, args=list(args), keywords=[])
-
-
-def _attr(subject: ast.expr, name: str) -> ast.Attribute:
-    return ast.Attribute(value=subject, attr=name, ctx=ast.Load())
-
-
-def _const_family(value: Any) -> Family | None:
-    return _FAMILIES.get(type(value))
 
 
 class _Compiler:
@@ -307,7 +130,7 @@ class _Compiler:
 
     def __init__(self, text: str, origin: str | None, rule: str | None) -> None:
         self.text, self.origin, self.rule = text, origin, rule
-        self.namespace: dict[str, Any] = dict(_RUNTIME)
+        self.namespace: dict[str, Any] = dict(RUNTIME)
         self.fields: dict[str, None] = {}  # ordered sets
         self.required: dict[tuple[str, ...], None] = {}
         self.counter = 0
@@ -402,21 +225,23 @@ class _Compiler:
     def constant(self, value: Any) -> ast.Name:
         name = self.name("_k")
         self.namespace[name] = value
-        return _load(name)
+        return A.load(name)
 
-    def bind(self, val: _Val) -> tuple[ast.expr, ast.expr]:
+    def bind(self, val: A.Val) -> tuple[ast.expr, ast.expr]:
         """(first use, later uses) of a value: a walrus, so each operand is evaluated once."""
         if val.const or isinstance(val.expr, ast.Name):
             return val.expr, val.expr
         name = self.name("_t")
-        return ast.NamedExpr(target=ast.Name(id=name, ctx=ast.Store()), value=val.expr), _load(name)
+        return ast.NamedExpr(target=ast.Name(id=name, ctx=ast.Store()), value=val.expr), A.load(
+            name
+        )
 
     def is_family(self, first: ast.expr, kind: Kind, family: Family) -> ast.expr:
         if kind == family:  # statically of that family or NULL
-            return _is(first, None, negate=True)
+            return A.is_(first, None, negate=True)
         if family == "num":
-            return _cmp(_attr(first, "__class__"), ast.In(), _load("_NUM"))
-        return _cmp(_attr(first, "__class__"), ast.Is(), _load(f"_{family}"))
+            return A.cmp(A.attr(first, "__class__"), ast.In(), A.load("_NUM"))
+        return A.cmp(A.attr(first, "__class__"), ast.Is(), A.load(f"_{family}"))
 
     def and_or(self, left: ast.expr, right: ast.expr, is_or: bool, truth: bool) -> ast.expr:
         if truth:
@@ -426,11 +251,11 @@ class _Compiler:
                 for p in (left, right)
             ]
             return ast.BoolOp(op=op, values=parts[0] + parts[1])  # flat: a AND b AND c
-        p, q = self.bind(_Val(left, "bool")), self.bind(_Val(right, "bool"))
-        either_null = ast.BoolOp(op=ast.Or(), values=[_is(p[1], None), _is(q[1], None)])
-        undecided = _if(either_null, None, not is_or)
-        decided = _if(_is(q[0], is_or), _const(is_or), undecided)  # is_or: TRUE decides an OR
-        return _if(_is(p[0], is_or), _const(is_or), decided)
+        p, q = self.bind(A.Val(left, "bool")), self.bind(A.Val(right, "bool"))
+        either_null = ast.BoolOp(op=ast.Or(), values=[A.is_(p[1], None), A.is_(q[1], None)])
+        undecided = A.if_(either_null, None, not is_or)
+        decided = A.if_(A.is_(q[0], is_or), A.const(is_or), undecided)  # is_or: TRUE decides an OR
+        return A.if_(A.is_(p[0], is_or), A.const(is_or), decided)
 
     # -- boolean context ---------------------------------------------------------------------
 
@@ -450,9 +275,11 @@ class _Compiler:
                 return self.is_test(inner, negate=True)
             value = self.cond(inner, truth=False)
             if truth:
-                return _is(value, False)
-            first, again = self.bind(_Val(value, "bool"))
-            return _if(_is(first, None), _const(None), ast.UnaryOp(op=ast.Not(), operand=again))
+                return A.is_(value, False)
+            first, again = self.bind(A.Val(value, "bool"))
+            return A.if_(
+                A.is_(first, None), A.const(None), ast.UnaryOp(op=ast.Not(), operand=again)
+            )
         if type(node) in _COMPARISONS:
             self.expect(node, {"this", "expression"})
             op = _COMPARISONS[type(node)][0]
@@ -474,44 +301,50 @@ class _Compiler:
         if val.kind in ("num", "str"):
             self.error(node, f"{node.sql()!r} is not a condition (not TRUE or FALSE)", _HINT)
         if val.const:
-            return _const(val.value is True if truth else val.value)
+            return A.const(val.value is True if truth else val.value)
         if truth:
-            return _is(val.expr, True)
+            return A.is_(val.expr, True)
         if val.kind == "bool":
             return val.expr
         first, again = self.bind(val)  # a bare field: only a boolean counts, else NULL
-        return _if(_cmp(_attr(first, "__class__"), ast.Is(), _load("_bool")), again, None)
+        return A.if_(A.cmp(A.attr(first, "__class__"), ast.Is(), A.load("_bool")), again, None)
 
-    def compare(self, op: str, left: _Val, right: _Val, truth: bool) -> ast.expr:
+    def compare(self, op: str, left: A.Val, right: A.Val, truth: bool) -> ast.expr:
         if left.const and right.const:
-            result = _HELPERS[op](left.value, right.value)
-            return _const(result is True if truth else result)
+            result = HELPERS[op](left.value, right.value)
+            return A.const(result is True if truth else result)
         pyop, ordering = _PY_COMPARE[op](), op not in ("eq", "ne")
         literal = right if right.const else left if left.const else None
-        family = _const_family(literal.value) if literal else None
+        family = A.const_family(literal.value) if literal else None
         if literal and family:  # field OP literal: one class test, then Python's operator
             other = left if literal is right else right
             first, again = self.bind(other)
             operands = (again, literal.expr) if literal is right else (literal.expr, again)
             slow: ast.expr | bool | None  # the other side is NULL or of another family
             if op == "ne":  # across families <> is TRUE
-                slow = _is(again, None, negate=True) if truth else _if(_is(again, None), None, True)
+                slow = (
+                    A.is_(again, None, negate=True)
+                    if truth
+                    else A.if_(A.is_(again, None), None, True)
+                )
             else:
-                slow = False if truth else None if ordering else _if(_is(again, None), None, False)
-            fast = _cmp(operands[0], pyop, operands[1])
-            return _if(self.is_family(first, other.kind, family), fast, slow)
+                slow = (
+                    False if truth else None if ordering else A.if_(A.is_(again, None), None, False)
+                )
+            fast = A.cmp(operands[0], pyop, operands[1])
+            return A.if_(self.is_family(first, other.kind, family), fast, slow)
         if left.const or right.const:  # a NULL literal: rare, use the helper
-            helper = _call(f"_{op}", left.expr, right.expr)
-            return _is(helper, True) if truth else helper
+            helper = A.call(f"_{op}", left.expr, right.expr)
+            return A.is_(helper, True) if truth else helper
         (lf, la), (rf, ra) = self.bind(left), self.bind(right)
-        guard: ast.expr = _cmp(_attr(lf, "__class__"), ast.Is(), _attr(rf, "__class__"))
+        guard: ast.expr = A.cmp(A.attr(lf, "__class__"), ast.Is(), A.attr(rf, "__class__"))
         if ordering:
-            extra: ast.expr | None = _cmp(_attr(la, "__class__"), ast.In(), _load("_ORD"))
+            extra: ast.expr | None = A.cmp(A.attr(la, "__class__"), ast.In(), A.load("_ORD"))
         else:  # NULL = NULL is not TRUE; in truth mode NULL <> NULL is False already
-            extra = _is(la, None, negate=True) if op == "eq" or not truth else None
+            extra = A.is_(la, None, negate=True) if op == "eq" or not truth else None
         guard = ast.BoolOp(op=ast.And(), values=[guard, extra]) if extra else guard
-        slow_call = _call(f"_{op}", la, ra)
-        return _if(guard, _cmp(la, pyop, ra), _is(slow_call, True) if truth else slow_call)
+        slow_call = A.call(f"_{op}", la, ra)
+        return A.if_(guard, A.cmp(la, pyop, ra), A.is_(slow_call, True) if truth else slow_call)
 
     def in_list(self, node: exp.In, truth: bool) -> ast.expr:
         self.expect(node, {"this", "expressions"})
@@ -520,40 +353,42 @@ class _Compiler:
         subject = self.value(node.this)
         options = [self.value(option) for option in node.expressions]
         values = tuple(option.value for option in options)
-        families = {_const_family(v) for v in values if v is not None}
+        families = {A.const_family(v) for v in values if v is not None}
         family = families.pop() if len(families) == 1 else None
         result: ast.expr
         if not all(option.const for option in options):
             elements = ast.Tuple(elts=[option.expr for option in options], ctx=ast.Load())
-            result = _call("_in", subject.expr, elements)
+            result = A.call("_in", subject.expr, elements)
         elif subject.const:
-            result = _const(_in(subject.value, values))
+            result = A.const(sql_in(subject.value, values))
         elif family is None:
-            result = _call("_in", subject.expr, self.constant(values))
+            result = A.call("_in", subject.expr, self.constant(values))
         else:  # e.g. state IN ('CA', 'NY'): one class test and a set lookup
             first, again = self.bind(subject)
             test = self.is_family(first, subject.kind, family)
-            fast: ast.expr = _cmp(again, ast.In(), self.constant(frozenset(values) - {None}))
+            fast: ast.expr = A.cmp(again, ast.In(), self.constant(frozenset(values) - {None}))
             if truth:
-                return _if(test, fast, False)
+                return A.if_(test, fast, False)
             if None in values:
-                return _if(test, ast.BoolOp(op=ast.Or(), values=[fast, _const(None)]), None)
-            return _if(test, fast, _if(_is(again, None), None, False))
-        return _is(result, True) if truth else result
+                return A.if_(test, ast.BoolOp(op=ast.Or(), values=[fast, A.const(None)]), None)
+            return A.if_(test, fast, A.if_(A.is_(again, None), None, False))
+        return A.is_(result, True) if truth else result
 
     def between(self, node: exp.Between, truth: bool) -> ast.expr:
         self.expect(node, {"this", "low", "high"})
         subject = self.value(node.this)
         low, high = self.value(node.args["low"]), self.value(node.args["high"])
-        family = _const_family(low.value) if low.const else None
+        family = A.const_family(low.value) if low.const else None
         first, again = self.bind(subject)
-        if family and high.const and _const_family(high.value) == family and not subject.const:
+        if family and high.const and A.const_family(high.value) == family and not subject.const:
             chain = ast.Compare(
                 left=low.expr, ops=[ast.LtE(), ast.LtE()], comparators=[again, high.expr]
             )
-            return _if(self.is_family(first, subject.kind, family), chain, False if truth else None)
-        ge = self.compare("ge", _Val(first, subject.kind, subject.const), low, truth)
-        le = self.compare("le", _Val(again, subject.kind, subject.const), high, truth)
+            return A.if_(
+                self.is_family(first, subject.kind, family), chain, False if truth else None
+            )
+        ge = self.compare("ge", A.Val(first, subject.kind, subject.const), low, truth)
+        le = self.compare("le", A.Val(again, subject.kind, subject.const), high, truth)
         return self.and_or(ge, le, is_or=False, truth=truth)  # x >= low AND x <= high
 
     def is_test(self, node: exp.Is, negate: bool) -> ast.expr:
@@ -563,17 +398,17 @@ class _Compiler:
         while isinstance(operand, exp.Paren):
             operand = operand.this
         if isinstance(target, exp.Boolean):
-            return _is(self.cond(operand, truth=False), bool(target.this), negate)
+            return A.is_(self.cond(operand, truth=False), bool(target.this), negate)
         if not isinstance(target, exp.Null):
             self.error(target, "IS must be followed by NULL, TRUE or FALSE")
         if isinstance(operand, exp.Column | exp.Dot):  # missing counts as NULL here
             path = self.field_path(operand, required=False)
             if len(path) == 1:
-                return _is(_call(_attr(_load("r"), "get"), _const(path[0])), None, negate)
-            return _is(_call("_get_or_none", _load("r"), _const(path)), None, negate)
+                return A.is_(A.call(A.attr(A.load("r"), "get"), A.const(path[0])), None, negate)
+            return A.is_(A.call("_get_or_none", A.load("r"), A.const(path)), None, negate)
         if isinstance(operand, _BOOLEAN_NODES):
-            return _is(self.cond(operand, truth=False), None, negate)
-        return _is(self.value(operand).expr, None, negate)
+            return A.is_(self.cond(operand, truth=False), None, negate)
+        return A.is_(self.value(operand).expr, None, negate)
 
     def like(self, node: exp.Like | exp.ILike, escape: exp.Expr | None, truth: bool) -> ast.expr:
         self.expect(node, {"this", "expression", "negate"})
@@ -601,57 +436,57 @@ class _Compiler:
         fast = self.like_match(again, tokens, isinstance(node, exp.ILike))
         if node.args.get("negate"):
             fast = ast.UnaryOp(op=ast.Not(), operand=fast)
-        return _if(self.is_family(first, subject.kind, "str"), fast, False if truth else None)
+        return A.if_(self.is_family(first, subject.kind, "str"), fast, False if truth else None)
 
     def like_match(self, subject: ast.expr, tokens: list[tuple[str, str]], icase: bool) -> ast.expr:
         shape = tuple(kind for kind, _ in tokens)
-        text = _const(next((t for kind, t in tokens if kind == "text"), ""))
+        text = A.const(next((t for kind, t in tokens if kind == "text"), ""))
         if not icase:  # the common shapes need no regex
             if shape in ((), ("text",)):
-                return _cmp(subject, ast.Eq(), text)
+                return A.cmp(subject, ast.Eq(), text)
             if shape == ("%",):
-                return _const(True)
+                return A.const(True)
             if shape in (("text", "%"), ("%", "text")):
-                return _call(
-                    _attr(subject, "startswith" if shape[0] == "text" else "endswith"), text
+                return A.call(
+                    A.attr(subject, "startswith" if shape[0] == "text" else "endswith"), text
                 )
             if shape == ("%", "text", "%"):
-                return _cmp(text, ast.In(), subject)
+                return A.cmp(text, ast.In(), subject)
         regex = "".join({"%": ".*", "_": "."}.get(kind) or re.escape(t) for kind, t in tokens)
         flags = re.DOTALL | (re.IGNORECASE if icase else 0)
         fullmatch = self.constant(re.compile(regex, flags).fullmatch)
-        return _is(_call(fullmatch, subject), None, negate=True)
+        return A.is_(A.call(fullmatch, subject), None, negate=True)
 
     # -- value context -------------------------------------------------------------------------
 
-    def value(self, node: exp.Expr) -> _Val:
+    def value(self, node: exp.Expr) -> A.Val:
         if isinstance(node, exp.Paren):
             return self.value(node.this)
         if isinstance(node, _BOOLEAN_NODES):
-            return _Val(self.cond(node, truth=False), "bool")
+            return A.Val(self.cond(node, truth=False), "bool")
         if isinstance(node, exp.Literal) and node.is_string:
-            return _Val(_const(str(node.this)), "str", const=True)
+            return A.Val(A.const(str(node.this)), "str", const=True)
         if isinstance(node, exp.Literal):
             if not _NUMBER.fullmatch(text := str(node.this)):
                 self.error(node, f"unsupported number literal {text!r}")
-            return _Val(_const(int(text) if text.isdigit() else float(text)), "num", const=True)
+            return A.Val(A.const(int(text) if text.isdigit() else float(text)), "num", const=True)
         if isinstance(node, exp.Boolean):
-            return _Val(_const(bool(node.this)), "bool", const=True)
+            return A.Val(A.const(bool(node.this)), "bool", const=True)
         if isinstance(node, exp.Null):
-            return _Val(_const(None), "null", const=True)
+            return A.Val(A.const(None), "null", const=True)
         if isinstance(node, exp.Column | exp.Dot):
-            expr: ast.expr = _load("r")
+            expr: ast.expr = A.load("r")
             for segment in self.field_path(node, required=True):
-                expr = ast.Subscript(value=expr, slice=_const(segment), ctx=ast.Load())
-            return _Val(expr, "any")
+                expr = ast.Subscript(value=expr, slice=A.const(segment), ctx=ast.Load())
+            return A.Val(expr, "any")
         if type(node) in _ARITHMETIC:
             return self.arithmetic(node)
         if isinstance(node, exp.Neg | exp.Lower | exp.Upper | exp.Length | exp.Abs):
             self.expect(node, {"this"})
             operand = self.value(node.this)
             if isinstance(node, exp.Neg) and operand.const:
-                folded = -operand.value if _const_family(operand.value) == "num" else None
-                return _Val(_const(folded), "num", const=True)
+                folded = -operand.value if A.const_family(operand.value) == "num" else None
+                return A.Val(A.const(folded), "num", const=True)
             first, again = self.bind(operand)
             text_function = isinstance(node, exp.Lower | exp.Upper | exp.Length)
             test = self.is_family(first, operand.kind, "str" if text_function else "num")
@@ -659,11 +494,11 @@ class _Compiler:
             if isinstance(node, exp.Neg):
                 result = ast.UnaryOp(op=ast.USub(), operand=again)
             elif isinstance(node, exp.Lower | exp.Upper):
-                result = _call(_attr(again, "lower" if isinstance(node, exp.Lower) else "upper"))
+                result = A.call(A.attr(again, "lower" if isinstance(node, exp.Lower) else "upper"))
             else:
-                result = _call("_len" if isinstance(node, exp.Length) else "_abs", again)
+                result = A.call("_len" if isinstance(node, exp.Length) else "_abs", again)
             kind: Kind = "str" if isinstance(node, exp.Lower | exp.Upper) else "num"
-            return _Val(_if(test, result, None), kind)
+            return A.Val(A.if_(test, result, None), kind)
         if isinstance(node, exp.Coalesce):
             self.expect(node, {"this", "expressions", "is_nvl", "is_null"})
             values = [self.value(arg) for arg in [node.this, *node.expressions]]
@@ -671,25 +506,25 @@ class _Compiler:
             expr = values[-1].expr
             for val in reversed(values[:-1]):  # lazily: later arguments only when needed
                 first, again = self.bind(val)
-                expr = _if(_is(first, None, negate=True), again, expr)
-            return _Val(expr, kinds.pop() if len(kinds) == 1 else "any")
+                expr = A.if_(A.is_(first, None, negate=True), again, expr)
+            return A.Val(expr, kinds.pop() if len(kinds) == 1 else "any")
         self.unsupported(node)
 
-    def arithmetic(self, node: exp.Expr) -> _Val:
+    def arithmetic(self, node: exp.Expr) -> A.Val:
         self.expect(node, {"this", "expression", "typed", "safe"})
         name, pyop = _ARITHMETIC[type(node)]
         left, right = self.value(node.this), self.value(node.expression)
         if left.const and right.const:
-            return _Val(_const(_HELPERS[name](left.value, right.value)), "num", const=True)
-        if pyop is None or any(v.const and _const_family(v.value) != "num" for v in (left, right)):
-            return _Val(_call(f"_{name}", left.expr, right.expr), "num")
+            return A.Val(A.const(HELPERS[name](left.value, right.value)), "num", const=True)
+        if pyop is None or any(v.const and A.const_family(v.value) != "num" for v in (left, right)):
+            return A.Val(A.call(f"_{name}", left.expr, right.expr), "num")
         (lf, la), (rf, ra) = self.bind(left), self.bind(right)
         tests = [
             self.is_family(f, v.kind, "num") for f, v in ((lf, left), (rf, right)) if not v.const
         ]
         # "&", not "and": both operands are always evaluated, so a missing field always raises.
         test = tests[0] if len(tests) == 1 else ast.BinOp(tests[0], ast.BitAnd(), tests[1])
-        return _Val(_if(test, ast.BinOp(left=la, op=pyop(), right=ra), None), "num")
+        return A.Val(A.if_(test, ast.BinOp(left=la, op=pyop(), right=ra), None), "num")
 
     def field_path(self, node: exp.Expr, *, required: bool) -> tuple[str, ...]:
         """Segments of a field reference: a.b.c.d parses as a Column, deeper paths add Dots."""
@@ -708,11 +543,11 @@ class _Compiler:
             if not isinstance(part, exp.Identifier):
                 self.unsupported(part)
             name = str(part.this)
-            problem = _segment_problem(name)
+            problem = segment_problem(name)
             if problem is None and "." in name:  # it would be ambiguous in dotted field paths
                 problem = f"field name {name!r} contains '.'"
             if problem:
-                self.error(part, problem, _PATH_HINT)
+                self.error(part, problem, PATH_HINT)
         path = tuple(str(part.this) for part in parts)
         self.fields[".".join(path)] = None
         if required:
