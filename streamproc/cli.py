@@ -180,10 +180,26 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 def cmd_produce(args: argparse.Namespace) -> int:
     import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
 
     from streamproc.demo import DemoSpec, Producer, encode, transactions
+    from streamproc.emulators import LOCAL_CREDENTIALS
 
-    client = boto3.client("kinesis", region_name=args.region, endpoint_url=args.endpoint_url)
+    session = boto3.session.Session()
+    credentials: dict[str, str] = {}
+    if args.endpoint_url and session.get_credentials() is None:
+        credentials = LOCAL_CREDENTIALS  # emulators accept anything; spare the user the setup
+    client = session.client(
+        "kinesis", region_name=args.region, endpoint_url=args.endpoint_url, **credentials
+    )
+    try:
+        client.describe_stream_summary(StreamName=args.stream)
+    except (BotoCoreError, ClientError) as exc:
+        raise TransportError(
+            f"cannot use stream {args.stream!r}"
+            f"{' at ' + args.endpoint_url if args.endpoint_url else ''}: {exc}",
+            retryable=False,
+        ) from None
     producer = Producer(client, args.stream, rate=args.rate)
 
     def records() -> Any:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+import orjson
 
 ROOT = Path(__file__).resolve().parents[2]
 STREAMPROC = [sys.executable, "-m", "streamproc.cli"]
@@ -90,3 +95,60 @@ def test_help_everywhere() -> None:
         result = run(*args)
         assert result.returncode == 0
         assert "usage: streamproc" in result.stdout
+
+
+def test_produce_writes_seeded_transactions_to_a_stream(
+    moto_endpoint: str, aws_client: Any, unique_name: str
+) -> None:
+    kinesis = aws_client("kinesis")
+    kinesis.create_stream(StreamName=unique_name, ShardCount=1)
+    kinesis.get_waiter("stream_exists").wait(StreamName=unique_name, WaiterConfig={"Delay": 0.2})
+    no_credentials = {
+        "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+        "AWS_CONFIG_FILE": "/nonexistent",
+    }
+    result = run("produce", "--stream", unique_name, "--endpoint-url", moto_endpoint,
+                 "--count", "250", "--bad-every", "50", env=no_credentials)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"sent 250 transactions to {unique_name}" in result.stdout
+    shard = kinesis.list_shards(StreamName=unique_name)["Shards"][0]["ShardId"]
+    iterator = kinesis.get_shard_iterator(
+        StreamName=unique_name, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
+    )["ShardIterator"]
+    data = [r["Data"] for r in kinesis.get_records(ShardIterator=iterator, Limit=1000)["Records"]]
+    assert len(data) == 250
+    assert sum(1 for d in data if d.startswith(b"{not json")) == 5
+    assert orjson.loads(data[0])["tx_id"] == "tx-42-000000000"
+
+
+def test_produce_to_an_unreachable_endpoint_says_so(unique_name: str) -> None:
+    from streamproc.emulators import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    result = run("produce", "--stream", unique_name, "--endpoint-url", url, "--count", "5")
+    assert result.returncode == 3
+    assert f"cannot use stream '{unique_name}' at {url}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_ctrl_c_stops_cleanly_with_totals(tmp_path: Path) -> None:
+    """SIGINT, as Ctrl-C sends it: drain, final checkpoint, totals, exit 0."""
+    (tmp_path / "rules").symlink_to(ROOT / "rules")
+    process = subprocess.Popen(
+        [*STREAMPROC, "run", "--local", "--summary-interval", "1", "--rate", "300"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "STREAMPROC__METRICS__PORT": "0"},
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in process.stdout:  # wait for the first live summary line
+        if "/s) | alerts" in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "final checkpoint written" in out
+    assert "at the destinations" in out
