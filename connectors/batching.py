@@ -17,8 +17,9 @@ else lives here, once:
   retryable failure of every entry in it. When every entry of a batch failed retryably the sink
   holds *all* sending for a backoff period and stops the current flush: the service is unhappy
   and hammering it (or waiting on more connect timeouts) helps nobody. An entry is parked after
-  ``max_attempts`` only if it was once *singled out* (it failed in a call where other entries
-  got through); failures that hit every entry alike are an outage, waited out with backoff
+  ``max_attempts`` only if it was once *singled out* (it failed, with a code other than
+  throttling, in a call where other entries got through); throttling and failures that hit
+  every entry alike are an outage, waited out with backoff
   (the runtime's backpressure slows reading meanwhile) instead of parking every alert that
   arrives during it.
 - Parking goes through the ``DeadLetterDestination``. If it raises, the entries stay buffered
@@ -67,6 +68,32 @@ COMMON_RETRYABLE_CODES: frozenset[str] = frozenset(
         "ServiceUnavailableException",
     }
 )
+# Throttling says "too much, slow down", never "this entry is bad": an entry that fails with
+# one of these is never singled out (see _Buffered.singled_out), so it is never parked for it.
+THROTTLING_CODES: frozenset[str] = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "Throttled",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+        "BandwidthLimitExceeded",
+        "SlowDown",
+        "KMSThrottling",
+        "KmsThrottled",
+        "KMSThrottlingException",
+    }
+)
+
+
+def is_throttling(code: str) -> bool:
+    return code.rsplit("#", 1)[-1].rsplit(".", 1)[-1] in THROTTLING_CODES
+
+
 # A whole call answered with one of these HTTP statuses is retryable whatever its code says.
 RETRYABLE_HTTP_STATUSES: frozenset[int] = frozenset({429, 500, 502, 503, 504})
 
@@ -210,6 +237,7 @@ class BatchingSink(ABC):
         self._park_failures = 0
         # Failed entry attempts so far (retried or parked), for the runtime's failure metric.
         self.failed_attempts = 0
+        self._batch_seconds: list[float] = []
 
     # -- what a subclass provides -----------------------------------------------------------
 
@@ -253,6 +281,11 @@ class BatchingSink(ABC):
         if self._parking and now >= self._park_retry_at:
             self._park_queued(now, outcomes)
         return outcomes
+
+    def take_batch_seconds(self) -> list[float]:
+        """Durations of the service calls made since the last call (for a latency metric)."""
+        taken, self._batch_seconds = self._batch_seconds, []
+        return taken
 
     def pending(self) -> int:
         """Deliveries without an outcome yet: buffered, in backoff, or waiting to be parked."""
@@ -313,7 +346,11 @@ class BatchingSink(ABC):
     def _send_batch(self, batch: list[_Buffered], now: float, outcomes: list[Outcome]) -> bool:
         """Send one batch and settle each entry. False if every entry failed retryably."""
         try:
-            results = self._send([b.entry for b in batch])
+            started = time.perf_counter()
+            try:
+                results = self._send([b.entry for b in batch])
+            finally:
+                self._batch_seconds.append(time.perf_counter() - started)
         except Exception as exc:  # every call failure is classified; none escapes flush
             failure = classify_call_error(exc, self.retryable_codes)
             log.warning("sink %s: %s call failed: %s", self.name, self.service, failure.describe())
@@ -329,7 +366,9 @@ class BatchingSink(ABC):
             self._failed_calls = 0
         for item, result in zip(batch, results, strict=True):
             if isinstance(result, EntryFailure):
-                item.singled_out = item.singled_out or not unhappy
+                item.singled_out = item.singled_out or (
+                    not unhappy and not is_throttling(result.code)
+                )
                 self._settle_failure(item, result, now)
             else:
                 item.done = True

@@ -26,6 +26,10 @@ from streamproc.runtime import Runtime, RuntimeSettings, check_rule_sinks
 
 log = logging.getLogger(__name__)
 
+_CHECKPOINT_CLIENT = Config(
+    connect_timeout=2, read_timeout=5, retries={"mode": "standard", "total_max_attempts": 2}
+)
+
 
 @dataclass
 class App:
@@ -84,7 +88,11 @@ def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: b
         # The reader backs off itself without blocking the loop; botocore's retries would sleep.
         client("kinesis", config=Config(retries={"mode": "standard", "total_max_attempts": 1})),
         stream=config.source.stream,
-        checkpoints=DynamoDbCheckpointStore(client("dynamodb"), config.source.checkpoint_table),
+        # Checkpoint writes run inside the loop: fail fast (the runtime retries on a later turn)
+        # rather than block every shard through botocore's retries during a DynamoDB outage.
+        checkpoints=DynamoDbCheckpointStore(
+            client("dynamodb", config=_CHECKPOINT_CLIENT), config.source.checkpoint_table
+        ),
         start_position=config.source.start_position,
         start_timestamp=config.source.start_timestamp,
         max_records_per_call=config.source.max_records_per_call,
@@ -92,6 +100,7 @@ def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: b
     )
     settings = RuntimeSettings(
         max_inflight_records=config.limits.max_inflight_records,
+        max_inflight_bytes=config.limits.max_inflight_bytes,
         max_pending_deliveries=config.limits.max_pending_deliveries,
         checkpoint_interval_s=config.runtime.checkpoint_interval_s,
         discovery_interval_s=config.source.discovery_interval_s,

@@ -341,7 +341,15 @@ class _Summary:
 
     def final(self, totals: Totals) -> None:
         elapsed = time.monotonic() - self.started
-        print(f"\nstopped after {elapsed:.1f}s: final checkpoint written", file=self.out)
+        if totals.undecided_at_stop == 0 and not totals.checkpoint_failed_at_stop:
+            status = "every alert decided, final checkpoint written"
+        else:
+            status = (
+                f"{totals.undecided_at_stop} deliveries undecided"
+                f"{', final checkpoint failed' if totals.checkpoint_failed_at_stop else ''}; "
+                "their records were not checkpointed and will be read again on restart"
+            )
+        print(f"\nstopped after {elapsed:.1f}s: {status}", file=self.out)
         print(f"records read        {totals.records_read:>10,}", file=self.out)
         print(f"records dead-letter {totals.records_dead_lettered:>10,}", file=self.out)
         for name, count in sorted(totals.rule_matches.items()):

@@ -69,6 +69,9 @@ class LimitsConfig:
     max_nesting_depth: int = field(default=32, metadata=_range(1, 1000))
     # Backpressure: a shard stops reading while this many of its records await acknowledgement.
     max_inflight_records: int = field(default=20_000, metadata=_range(1, 10_000_000))
+    # Backpressure: a shard stops reading while this many bytes of its records are unsettled
+    # (bounds memory when records are large, e.g. while the dead-letter destination is down).
+    max_inflight_bytes: int = field(default=64 * 1_048_576, metadata=_range(1, 1 << 40))
     # Backpressure: all shards stop reading while this many deliveries await their sink.
     max_pending_deliveries: int = field(default=10_000, metadata=_range(1, 10_000_000))
 
@@ -128,7 +131,8 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = True
-    # 127.0.0.1 by default; on ECS set 0.0.0.0 (the task's own network namespace) to be scraped.
+    # 127.0.0.1 by default. To be scraped from outside the task set 0.0.0.0: in ECS awsvpc mode
+    # that exposes the port on the task's network interface; restrict it with the security group.
     host: str = "127.0.0.1"
     port: int = field(default=9108, metadata=_range(0, 65_535))
 

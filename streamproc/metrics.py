@@ -17,7 +17,8 @@ MetricName = Literal[
     "streamproc_rule_matches_total",
     "streamproc_alerts_total",
     "streamproc_sink_failures_total",
-    "streamproc_sink_flush_seconds",
+    "streamproc_sink_batch_seconds",
+    "streamproc_checkpoint_failures_total",
     "streamproc_checkpoint_lag_records",
     "streamproc_checkpoints_total",
     "streamproc_millis_behind_latest",
@@ -33,6 +34,10 @@ class Totals:
     records_dead_lettered: int = 0
     alerts_dead_lettered: int = 0
     checkpoints: int = 0
+    checkpoint_failures: int = 0
+    # Set by Runtime.drain: what a stop left undone (0 / False after a clean stop).
+    undecided_at_stop: int = 0
+    checkpoint_failed_at_stop: bool = False
     rule_matches: dict[str, int] = field(default_factory=dict)
     # sink -> outcome status ("sent", "duplicate", "parked") -> count
     sink_outcomes: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -76,16 +81,22 @@ class Metrics:
             ["sink"],
             registry=r,
         )
-        self.sink_flush_seconds = Histogram(
-            _n("streamproc_sink_flush_seconds"),
-            "Duration of a sink flush that sent at least one batch",
+        self.sink_batch_seconds = Histogram(
+            _n("streamproc_sink_batch_seconds"),
+            "Duration of one batch call to a sink's service (PutEvents, PublishBatch, ...)",
             ["sink"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=r,
         )
         self.checkpoint_lag = Gauge(
             _n("streamproc_checkpoint_lag_records"),
-            "Records read but not yet checkpointed",
+            "Records read but not yet covered by a stored checkpoint",
+            ["shard"],
+            registry=r,
+        )
+        self.checkpoint_failures = Counter(
+            _n("streamproc_checkpoint_failures_total"),
+            "Checkpoint writes that failed (retried later)",
             ["shard"],
             registry=r,
         )

@@ -45,11 +45,15 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class RuntimeSettings:
     max_inflight_records: int = 20_000
+    max_inflight_bytes: int = 64 * 1_048_576
     max_pending_deliveries: int = 10_000
     checkpoint_interval_s: float = 2.0
     discovery_interval_s: float = 10.0
     drain_timeout_s: float = 30.0
     idle_sleep_s: float = 0.01
+    # Backoff of the dead-letter destination after a failed park (doubles up to the max).
+    dead_letter_backoff_s: float = 0.2
+    dead_letter_backoff_max_s: float = 20.0
 
 
 @dataclass(slots=True)
@@ -58,6 +62,7 @@ class _Ticket:
 
     end: Position
     records: int
+    size: int  # bytes of the batch's records: memory held until the batch is settled
     pending: int = 0
 
 
@@ -70,6 +75,11 @@ class _Shard:
     checkpointed: Position | None = None
     last_checkpoint_at: float = 0.0
     inflight_records: int = 0
+    inflight_bytes: int = 0
+    settled_since_checkpoint: int = 0  # records settled but not yet covered by a checkpoint
+    # The reader reported the shard's end *and* the runtime processed that last batch: only
+    # then may the shard be checkpointed as ended (its children are read after that).
+    end_processed: bool = False
     unparked: list[tuple[_Ticket, list[DeadLetter]]] = field(default_factory=list)
 
 
@@ -100,6 +110,8 @@ class Runtime:
         self._next_delivery_id = 0
         self._last_discovery = float("-inf")
         self._stopping = False
+        self._dead_letter_failures = 0
+        self._dead_letter_retry_at = float("-inf")
 
     # ------------------------------------------------------------------------------ control
 
@@ -151,11 +163,13 @@ class Runtime:
         return busy
 
     def drain(self) -> None:
-        """Flush every sink until all deliveries are decided or the drain timeout passes."""
+        """Flush every sink until all deliveries are decided or the drain timeout passes, then
+        checkpoint what is settled. ``totals.undecided_at_stop`` and
+        ``totals.checkpoint_failed_at_stop`` tell the caller whether that fully worked."""
         end = self.clock() + self.settings.drain_timeout_s
         while self._deliveries or any(s.unparked for s in self._shards.values()):
-            self._flush_sinks(force=True)
-            self._park_dead_letters()
+            progress = self._flush_sinks(force=True)
+            progress |= self._park_dead_letters()
             self._settle_and_checkpoint(force=False)
             if self.clock() >= end:
                 log.warning(
@@ -165,9 +179,12 @@ class Runtime:
                     self.settings.drain_timeout_s,
                 )
                 break
-            if self._deliveries:
+            if not progress:
                 time.sleep(self.settings.idle_sleep_s)
-        self._settle_and_checkpoint(force=True)
+        self.totals.undecided_at_stop = len(self._deliveries) + sum(
+            len(s.unparked) for s in self._shards.values()
+        )
+        self.totals.checkpoint_failed_at_stop = not self._settle_and_checkpoint(force=True)
 
     def close(self) -> None:
         for shard in self._shards.values():
@@ -201,8 +218,11 @@ class Runtime:
         for shard in list(self._shards.values()):
             if shard.reader.finished:
                 continue
-            if shard.inflight_records >= self.settings.max_inflight_records:
-                continue
+            if (
+                shard.inflight_records >= self.settings.max_inflight_records
+                or shard.inflight_bytes >= self.settings.max_inflight_bytes
+            ):
+                continue  # backpressure: this shard's earlier records are not settled yet
             batch = shard.reader.next_batch()
             if batch is None:
                 continue
@@ -210,12 +230,15 @@ class Runtime:
             if batch.records:
                 self._process(shard, batch)
                 busy = True
+            # Only after its last batch is processed (and has its ticket) may a shard end.
+            shard.end_processed = shard.reader.finished
         return busy
 
     def _process(self, shard: _Shard, batch: RecordBatch) -> None:
         result = shard.processor.process(batch.records)
         last = batch.records[-1]
-        ticket = _Ticket(end=last.position, records=len(batch.records))
+        size = sum(len(r.data) for r in batch.records)
+        ticket = _Ticket(end=last.position, records=len(batch.records), size=size)
         for alert in result.alerts:
             for sink_name in alert.sinks:
                 delivery_id = self._next_delivery_id
@@ -230,6 +253,7 @@ class Runtime:
             self.metrics.records_dead_lettered.labels(batch.shard_id).inc(len(result.dead_letters))
         shard.tickets.append(ticket)
         shard.inflight_records += ticket.records
+        shard.inflight_bytes += ticket.size
         rules = shard.processor.ruleset.rules
         for index, count in enumerate(result.matches):
             if count:
@@ -252,10 +276,10 @@ class Runtime:
             if not sink.pending():
                 continue
             failures_before = _failures(sink)
-            started = time.perf_counter()
             outcomes = sink.flush(force=force)
+            for seconds in _batch_seconds(sink):
+                self.metrics.sink_batch_seconds.labels(name).observe(seconds)
             if outcomes:
-                self.metrics.sink_flush_seconds.labels(name).observe(time.perf_counter() - started)
                 self._settle(name, outcomes)
                 busy = True
             failed = _failures(sink) - failures_before
@@ -281,58 +305,89 @@ class Runtime:
 
     def _park_dead_letters(self) -> bool:
         busy = False
+        if self.clock() < self._dead_letter_retry_at:
+            return False  # backing off after a failure; the entries wait (and hold their batch)
         for shard in self._shards.values():
             while shard.unparked:
                 ticket, entries = shard.unparked[0]
                 try:
                     self.dead_letter.park(entries)
                 except TransportError as exc:
-                    log.warning("dead-letter destination failed, will retry: %s", exc)
+                    self._dead_letter_failures += 1
+                    delay = min(
+                        self.settings.dead_letter_backoff_max_s,
+                        self.settings.dead_letter_backoff_s * 2 ** (self._dead_letter_failures - 1),
+                    )
+                    self._dead_letter_retry_at = self.clock() + delay
+                    log.warning(
+                        "dead-letter destination failed, retrying in %.1f s: %s", delay, exc
+                    )
                     return busy
+                self._dead_letter_failures = 0
                 shard.unparked.pop(0)
                 ticket.pending -= 1
                 busy = True
         return busy
 
-    def _settle_and_checkpoint(self, *, force: bool) -> None:
+    def _settle_and_checkpoint(self, *, force: bool) -> bool:
+        """Advance settled positions; write due checkpoints. False if a checkpoint write failed.
+
+        A retryable checkpoint failure is retried on a later turn (reading goes on; the
+        checkpoint lag metric grows); a non-retryable one (missing table, access denied) raises.
+        """
         now = self.clock()
+        all_written = True
         for shard_id, shard in list(self._shards.items()):
             while shard.tickets and shard.tickets[0].pending == 0:
                 ticket = shard.tickets.popleft()
                 shard.settled = ticket.end
                 shard.inflight_records -= ticket.records
-            lag = shard.inflight_records
-            self.totals.checkpoint_lag_records[shard_id] = lag
-            self.metrics.checkpoint_lag.labels(shard_id).set(lag)
-            ended = shard.reader.finished and not shard.tickets and not shard.unparked
+                shard.inflight_bytes -= ticket.size
+                shard.settled_since_checkpoint += ticket.records
+            ended = shard.end_processed and not shard.tickets and not shard.unparked
             due = (
                 force
                 or ended
                 or now - shard.last_checkpoint_at >= self.settings.checkpoint_interval_s
             )
-            if not due:
-                continue
-            if shard.settled != shard.checkpointed or ended:
+            if due and (shard.settled != shard.checkpointed or ended):
                 try:
                     self.source.checkpoint(shard_id, shard.settled, shard_ended=ended)
                 except TransportError as exc:
+                    self.metrics.checkpoint_failures.labels(shard_id).inc()
+                    self.totals.checkpoint_failures += 1
+                    if not exc.retryable:
+                        raise
                     log.warning("checkpoint of %s failed, will retry: %s", shard_id, exc)
-                    continue
-                shard.checkpointed = shard.settled
-                shard.last_checkpoint_at = now
-                self.totals.checkpoints += 1
-                self.metrics.checkpoints.labels(shard_id).inc()
+                    all_written = False
+                    ended = False
+                else:
+                    shard.checkpointed = shard.settled
+                    shard.last_checkpoint_at = now
+                    shard.settled_since_checkpoint = 0
+                    self.totals.checkpoints += 1
+                    self.metrics.checkpoints.labels(shard_id).inc()
+            lag = shard.inflight_records + shard.settled_since_checkpoint
+            self.totals.checkpoint_lag_records[shard_id] = lag
+            self.metrics.checkpoint_lag.labels(shard_id).set(lag)
             if ended:
                 log.info("shard %s read to its end and checkpointed", shard_id)
                 shard.reader.close()
                 del self._shards[shard_id]
                 self.totals.shards_ended += 1
                 self.totals.shards_active = len(self._shards)
+        return all_written
 
 
 def _failures(sink: Sink) -> int:
     """Failed attempts a sink has seen so far, if it counts them (``failed_attempts``)."""
     return int(getattr(sink, "failed_attempts", 0))
+
+
+def _batch_seconds(sink: Sink) -> list[float]:
+    """Durations of the service calls a sink made since the last look, if it records them."""
+    take = getattr(sink, "take_batch_seconds", None)
+    return list(take()) if callable(take) else []
 
 
 def check_rule_sinks(processor: ShardProcessor, sinks: Mapping[str, Sink]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from botocore.awsrequest import AWSResponse
 
 from streamproc.app import App, build_app
 from streamproc.config import (
@@ -27,6 +29,26 @@ from streamproc.demo import DemoSpec, Producer, encode, transactions
 from streamproc.local import LocalResources, provision
 from streamproc.records import make_alert_id
 from streamproc.runtime import Runtime
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def stream(self, **_: Any) -> Any:
+        yield self.data
+
+    def read(self) -> bytes:
+        return self.data
+
+
+def throttled() -> AWSResponse:
+    """An SQS throttling error as the wire carries it, for a botocore ``before-send`` hook to
+    return (moto never throttles)."""
+    body = json.dumps({"__type": "AWS.SimpleQueueService.RequestThrottled", "message": "injected"})
+    headers = {"Content-Type": "application/x-amz-json-1.0"}
+    return AWSResponse("https://injected.invalid/", 400, headers, _Body(body.encode()))
+
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_PURCHASE_RULE = """

@@ -37,7 +37,9 @@ def test_run_local_delivers_alerts_to_all_four_sinks_and_exits_cleanly(tmp_path:
                  cwd=tmp_path, env={"STREAMPROC__METRICS__PORT": "0"})  # fmt: skip
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "final checkpoint written" in out
+    assert "every alert decided, final checkpoint written" in out
+    checkpoints = re.search(r"checkpoints written\s+([\d,]+)", out)
+    assert checkpoints is not None and int(checkpoints.group(1).replace(",", "")) > 0
     read = int(re.search(r"records read\s+([\d,]+)", out).group(1).replace(",", ""))  # type: ignore[union-attr]
     assert read > 1000
     matches = re.search(r"rule high_value_out_of_state\s+([\d,]+) matches", out)
@@ -150,5 +152,5 @@ def test_ctrl_c_stops_cleanly_with_totals(tmp_path: Path) -> None:
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
-    assert "final checkpoint written" in out
+    assert "every alert decided, final checkpoint written" in out
     assert "at the destinations" in out

@@ -27,8 +27,8 @@ def test_metrics_endpoint_reports_reads_matches_outcomes_and_lag(
     assert app.metrics_url == f"http://127.0.0.1:{port}/metrics"
     run_until(app.runtime, all_settled(1_501))
 
+    stop(app.runtime)  # drain + final checkpoint; the endpoint keeps serving
     text = requests.get(app.metrics_url, timeout=5).text
-    stop(app.runtime)
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -43,10 +43,15 @@ def test_metrics_endpoint_reports_reads_matches_outcomes_and_lag(
     assert total("streamproc_records_read_total") == 1_501
     assert total("streamproc_records_dead_lettered_total") == 1
     assert total("streamproc_rule_matches_total", rule="high_value_out_of_state") == expected
-    for sink in ("eventbridge", "sns", "sqs", "dynamodb"):
+    for sink, batch_limit in (("eventbridge", 10), ("sns", 10), ("sqs", 10), ("dynamodb", 25)):
         assert total("streamproc_alerts_total", sink=sink, outcome="sent") == expected
-        assert total("streamproc_sink_flush_seconds_count", sink=sink) >= 1
+        # one observation per batch call: at least ceil(alerts / batch limit) of them
+        assert total("streamproc_sink_batch_seconds_count", sink=sink) >= -(
+            -expected // batch_limit
+        )
+    # after the final checkpoint nothing read is uncovered
     assert total("streamproc_checkpoint_lag_records") == 0
+    assert total("streamproc_checkpoint_failures_total") == 0
     assert {ls for (n, ls) in samples if n == "streamproc_millis_behind_latest"} == {
         (("shard", "shardId-000000000000"),),
         (("shard", "shardId-000000000001"),),

@@ -22,26 +22,10 @@ from tests.integration.e2e import (
     make_env,
     run_until,
     stop,
+    throttled,
 )
 
 COUNT = 2_000
-
-
-class _Body:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def stream(self, **_: Any) -> Any:
-        yield self.data
-
-    def read(self) -> bytes:
-        return self.data
-
-
-def throttled() -> AWSResponse:
-    body = json.dumps({"__type": "AWS.SimpleQueueService.RequestThrottled", "message": "injected"})
-    headers = {"Content-Type": "application/x-amz-json-1.0"}
-    return AWSResponse("https://injected.invalid/", 400, headers, _Body(body.encode()))
 
 
 def sqs_client_of(app: Any) -> Any:

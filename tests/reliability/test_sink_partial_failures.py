@@ -54,6 +54,15 @@ CODES = {
 }
 
 
+# kind -> a retryable entry error that is not throttling (a server-side hiccup on one entry)
+TRANSIENT = {
+    "sqs": "InternalError",
+    "sns": "InternalError",
+    "eventbridge": "InternalFailure",
+    "dynamodb": "InternalServerError",
+}
+
+
 class _Body(io.BytesIO):
     def stream(self, **_: Any) -> Iterator[bytes]:
         yield self.read()
@@ -351,7 +360,7 @@ def test_an_entry_that_keeps_failing_while_others_succeed_is_parked_after_max_at
     """Per-entry faults: one entry fails with a retryable code on every attempt while the rest
     of its batch succeeds; after ``max_attempts`` it is parked with the code in the reason."""
     wired = wire(kind, max_attempts=3)
-    code = CODES[kind][1]
+    code = TRANSIENT[kind]
     all_ids = wired.add_alerts(4)
     stubborn = all_ids[0]
     faults = Faults(wired.client, kind, entries={stubborn: (code, False)})
@@ -372,6 +381,33 @@ def test_an_entry_that_keeps_failing_while_others_succeed_is_parked_after_max_at
     assert f"kept failing after 3 attempts: {code}" in parked[0].reason
     assert [d["alert_id"] for d in wired.dead_letters()] == [stubborn]
     assert sorted(wired.read_back()) == sorted(delivered)
+
+
+@pytest.mark.parametrize("kind", ALL)
+def test_an_entry_throttled_every_time_is_never_parked(
+    wire: Callable[..., Wired], kind: str
+) -> None:
+    """Per-entry throttling while the rest of the batch succeeds: throttling says "slow down",
+    not "bad entry", so the entry waits (however many attempts) and is delivered at last."""
+    wired = wire(kind, max_attempts=3)
+    code = CODES[kind][1]
+    all_ids = wired.add_alerts(4)
+    throttled = all_ids[0]
+    faults = Faults(wired.client, kind, entries={throttled: (code, False)})
+    delivered = list(all_ids[1:])
+    wired.sink.flush(force=True)
+    for round_ in range(6):  # twice max_attempts
+        faults.entries[throttled] = (code, False)
+        delivered += wired.add_alerts(1, run=f"more-{round_}")
+        wired.advance()
+        outcomes = wired.sink.flush(force=True)
+        assert all(o.status == "sent" for o in outcomes)
+    assert wired.sink.pending() == 1
+    wired.advance()
+    outcomes = wired.sink.flush(force=True)
+    assert [(o.alert_id, o.status) for o in outcomes] == [(throttled, "sent")]
+    assert sorted(wired.read_back()) == sorted([*delivered, throttled])
+    assert wired.dead_letters() == []
 
 
 @pytest.mark.parametrize("kind", ALL)

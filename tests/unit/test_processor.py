@@ -121,6 +121,16 @@ def test_nesting_depth(value: Any, depth: int) -> None:
     assert nesting_depth(value) == depth
 
 
+def test_nesting_far_beyond_pythons_recursion_limit_is_a_dead_letter_not_a_crash() -> None:
+    deep = b'{"a":' * 1000 + b"1" + b"}" * 1000  # orjson accepts up to 1,024 levels
+    processor = ShardProcessor(RuleSet((HIGH,)), limits=DecodeLimits(max_nesting_depth=32))
+    result = processor.process([record(None, 1, raw=deep), record(tx(), 2)])
+    assert [d.sequence_number for d in result.dead_letters] == ["1"]
+    assert result.dead_letters[0].reason.startswith("nesting too deep")
+    assert len(result.alerts) == 1
+    assert nesting_depth(orjson.loads(deep)) == 1000
+
+
 def test_decode_limits_are_inclusive() -> None:
     limits = DecodeLimits(max_record_bytes=10, max_nesting_depth=2)
     assert decode(b'{"a":1234}', limits) == {"a": 1234}  # exactly 10 bytes
