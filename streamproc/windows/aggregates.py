@@ -1,0 +1,343 @@
+"""Aggregate state of one window rule: create, add a record, combine partials, finish.
+
+A *state* is a plain list so the hot path updates it in place without allocating: slot 0 holds
+the greatest event time added (a window's ``event_time_ms``), slot ``1 + i`` the partial value
+of aggregate ``i``. A pane, a session and a window all use the same layout, so partials combine.
+
+Semantics (those of :class:`~streamproc.windowspec.Aggregate`):
+
+- Values are read with :func:`~streamproc.sql_runtime.field_getter`; a missing field or a path
+  through a non-object is NULL. NULL is ignored by every aggregate but ``COUNT(*)``.
+- ``SUM``/``AVG`` take numbers only (int or float; a boolean is not a number); other values are
+  ignored. ``SUM`` of ints stays an int; ``AVG`` is ``sum / count`` as a float. Float sums are
+  added pane by pane, so they can differ in the last bits from a left-to-right sum of the same
+  values (always the same for the same input).
+- ``MIN``/``MAX`` compare numbers with numbers and strings with strings; the family of the value
+  that *arrived first* among the window's values wins and the other family is ignored; other
+  values (booleans, lists, objects) are ignored.
+- ``COUNT(DISTINCT x)`` counts distinct non-NULL values: strings and numbers by value (1 and 1.0
+  are one value), booleans, lists and objects by their canonical JSON (sorted keys), so
+  ``true`` differs from ``1`` and ``[1, 2]`` is a value like any other.
+- Over no values ``SUM``/``AVG``/``MIN``/``MAX`` are None and the counts 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from streamproc.errors import MissingFieldError
+from streamproc.sql_runtime import field_getter
+from streamproc.windowspec import Aggregate, AggregateFunction
+
+__all__ = ["TIME", "AggregateSet", "State"]
+
+State = list[Any]
+TIME = 0  # slot of the greatest event time added
+
+Reader = Callable[[Mapping[str, Any]], Any]
+Adder = Callable[[State, int, Any, int], None]
+Merger = Callable[[State, State, int], None]
+Finisher = Callable[[Any], Any]
+
+
+def _null(doc: Mapping[str, Any]) -> None:
+    return None
+
+
+def _reader(path: str) -> Reader:
+    get = field_getter(path)
+
+    def read(doc: Mapping[str, Any]) -> Any:
+        try:
+            return get(doc)
+        except MissingFieldError:
+            return None  # a missing aggregate field is NULL, not an error
+
+    return read
+
+
+def _distinct_token(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or kind is float:
+        return value
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # not JSON (cannot come from a decoded record): ignored
+        return None
+
+
+# -- add one value: (state, slot, value, arrival sequence) ----------------------------------------
+
+
+def _add_count_star(state: State, slot: int, value: Any, seq: int) -> None:
+    state[slot] += 1
+
+
+def _add_count(state: State, slot: int, value: Any, seq: int) -> None:
+    if value is not None:
+        state[slot] += 1
+
+
+def _add_distinct(state: State, slot: int, value: Any, seq: int) -> None:
+    if value is not None and (token := _distinct_token(value)) is not None:
+        state[slot].add(token)
+
+
+def _add_sum(state: State, slot: int, value: Any, seq: int) -> None:
+    kind = type(value)
+    if kind is int or kind is float:
+        current = state[slot]
+        state[slot] = value if current is None else current + value
+
+
+def _add_avg(state: State, slot: int, value: Any, seq: int) -> None:
+    kind = type(value)
+    if kind is int or kind is float:
+        current = state[slot]
+        if current is None:
+            state[slot] = [value, 1]
+        else:
+            current[0] += value
+            current[1] += 1
+
+
+def _extreme_adder(smaller: bool) -> Adder:
+    # partial: [best number, first arrival of a number, best string, first arrival of a string]
+    def add(state: State, slot: int, value: Any, seq: int) -> None:
+        kind = type(value)
+        if kind is int or kind is float:
+            index = 0
+        elif kind is str:
+            index = 2
+        else:
+            return
+        current = state[slot]
+        if current is None:
+            current = state[slot] = [None, None, None, None]
+        best = current[index]
+        if best is None:
+            current[index] = value
+            current[index + 1] = seq
+            return
+        if (value < best) if smaller else (value > best):
+            current[index] = value
+        if seq < current[index + 1]:
+            current[index + 1] = seq
+
+    return add
+
+
+# -- combine a partial into another: (target, source, slot) ---------------------------------------
+
+
+def _merge_count(target: State, source: State, slot: int) -> None:
+    target[slot] += source[slot]
+
+
+def _merge_distinct(target: State, source: State, slot: int) -> None:
+    target[slot] |= source[slot]
+
+
+def _merge_sum(target: State, source: State, slot: int) -> None:
+    if (value := source[slot]) is not None:
+        current = target[slot]
+        target[slot] = value if current is None else current + value
+
+
+def _merge_avg(target: State, source: State, slot: int) -> None:
+    if (value := source[slot]) is not None:
+        current = target[slot]
+        if current is None:
+            target[slot] = list(value)
+        else:
+            current[0] += value[0]
+            current[1] += value[1]
+
+
+def _extreme_merger(smaller: bool) -> Merger:
+    def merge(target: State, source: State, slot: int) -> None:
+        value = source[slot]
+        if value is None:
+            return
+        current = target[slot]
+        if current is None:
+            target[slot] = list(value)
+            return
+        for index in (0, 2):
+            best = value[index]
+            if best is None:
+                continue
+            mine = current[index]
+            if mine is None or ((best < mine) if smaller else (best > mine)):
+                current[index] = best
+            if current[index + 1] is None or value[index + 1] < current[index + 1]:
+                current[index + 1] = value[index + 1]
+
+    return merge
+
+
+# -- finish a partial into the output value ---------------------------------------------------
+
+
+def _finish_plain(value: Any) -> Any:
+    return value
+
+
+def _finish_distinct(value: set[Any]) -> int:
+    return len(value)
+
+
+def _finish_avg(value: list[Any] | None) -> float | None:
+    return None if value is None else value[0] / value[1]
+
+
+def _finish_extreme(value: list[Any] | None) -> Any:
+    if value is None:
+        return None
+    number_first, string_first = value[1], value[3]
+    if string_first is None or (number_first is not None and number_first < string_first):
+        return value[0]
+    return value[2]
+
+
+_OPS: dict[AggregateFunction, tuple[Adder, Merger, Finisher]] = {
+    "count": (_add_count, _merge_count, _finish_plain),
+    "count_distinct": (_add_distinct, _merge_distinct, _finish_distinct),
+    "sum": (_add_sum, _merge_sum, _finish_plain),
+    "avg": (_add_avg, _merge_avg, _finish_avg),
+    "min": (_extreme_adder(True), _extreme_merger(True), _finish_extreme),
+    "max": (_extreme_adder(False), _extreme_merger(False), _finish_extreme),
+}
+
+
+class AggregateSet:
+    """The aggregates of one rule, compiled once: every method is on the hot path."""
+
+    __slots__ = (
+        "_adds",
+        "_finishers",
+        "_merges",
+        "_readers",
+        "_set_slots",
+        "_template",
+        "add",
+        "count_star_only",
+        "extract",
+        "finish",
+    )
+
+    def __init__(self, aggregates: Sequence[Aggregate]) -> None:
+        readers: list[Reader] = []
+        adds: list[tuple[int, Adder]] = []
+        merges: list[tuple[int, Merger]] = []
+        finishers: list[tuple[int, Finisher]] = []
+        template: State = [0]
+        set_slots: list[int] = []
+        for slot, aggregate in enumerate(aggregates, start=1):
+            add, merge, finish = _OPS[aggregate.function]
+            if aggregate.function == "count" and aggregate.field is None:
+                add = _add_count_star
+            readers.append(_null if aggregate.field is None else _reader(aggregate.field))
+            adds.append((slot, add))
+            merges.append((slot, merge))
+            finishers.append((slot, finish))
+            template.append(0 if aggregate.function == "count" else None)
+            if aggregate.function == "count_distinct":
+                set_slots.append(slot)
+        self._readers = tuple(readers)
+        self._adds = tuple(adds)
+        self._merges = tuple(merges)
+        self._finishers = tuple(finishers)
+        self._template = template
+        self._set_slots = tuple(set_slots)
+        self.count_star_only = all(add is _add_count_star for _, add in adds)
+        #: ``add(state, record, event time, arrival sequence)``: add one record in place.
+        self.add: Callable[[State, Mapping[str, Any], int, int], None] = self._add
+        #: ``extract(record)``: the values the aggregates read, for :meth:`add_values` later.
+        self.extract: Callable[[Mapping[str, Any]], tuple[Any, ...]] = self._extract
+        #: ``finish(state)``: the output value of each aggregate, in rule order (JSON types).
+        self.finish: Callable[[State], list[Any]] = self._finish
+        if all(finish is _finish_plain for _, finish in finishers):
+            self.finish = _plain_values
+        if self.count_star_only:
+            self.add = _count_star_adder(len(adds))
+            self.extract = _no_values
+
+    def new_state(self, event_time: int) -> State:
+        """An empty state (no records) stamped with ``event_time`` as its greatest time."""
+        state = self._template.copy()
+        state[TIME] = event_time
+        for slot in self._set_slots:
+            state[slot] = set()
+        return state
+
+    def _add(self, state: State, doc: Mapping[str, Any], event_time: int, seq: int) -> None:
+        if event_time > state[TIME]:
+            state[TIME] = event_time
+        for (slot, add), read in zip(self._adds, self._readers, strict=True):
+            add(state, slot, read(doc), seq)
+
+    def _extract(self, doc: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple([read(doc) for read in self._readers])
+
+    def add_values(self, state: State, values: tuple[Any, ...], event_time: int, seq: int) -> None:
+        """Add a record from the values :attr:`extract` took from it."""
+        if event_time > state[TIME]:
+            state[TIME] = event_time
+        if self.count_star_only:
+            for slot, _ in self._adds:
+                state[slot] += 1
+            return
+        for (slot, add), value in zip(self._adds, values, strict=True):
+            add(state, slot, value, seq)
+
+    def merge(self, target: State, source: State) -> None:
+        """Combine ``source`` into ``target`` (``source`` is left unchanged and unshared)."""
+        if source[TIME] > target[TIME]:
+            target[TIME] = source[TIME]
+        for slot, merge in self._merges:
+            merge(target, source, slot)
+
+    def combine(self, states: Iterable[State]) -> State:
+        """A new state holding every given state (one state is returned as is: read only)."""
+        items = list(states)
+        if len(items) == 1:
+            return items[0]
+        combined = self.new_state(items[0][TIME])
+        for state in items:
+            self.merge(combined, state)
+        return combined
+
+    def _finish(self, state: State) -> list[Any]:
+        return [finish(state[slot]) for slot, finish in self._finishers]
+
+
+def _plain_values(state: State) -> list[Any]:
+    return state[1:]  # counts and sums are their own output
+
+
+def _no_values(doc: Mapping[str, Any]) -> tuple[Any, ...]:
+    return ()
+
+
+def _count_star_adder(count: int) -> Callable[[State, Mapping[str, Any], int, int], None]:
+    if count == 1:
+
+        def add_one(state: State, doc: Mapping[str, Any], event_time: int, seq: int) -> None:
+            if event_time > state[0]:
+                state[0] = event_time
+            state[1] += 1
+
+        return add_one
+    slots = tuple(range(1, count + 1))
+
+    def add(state: State, doc: Mapping[str, Any], event_time: int, seq: int) -> None:
+        if event_time > state[0]:
+            state[0] = event_time
+        for slot in slots:
+            state[slot] += 1
+
+    return add

@@ -1,0 +1,65 @@
+"""Event time: a record's timestamp as integer milliseconds since the epoch (UTC), and back.
+
+Accepted: ISO-8601 strings *with* an offset or ``Z`` (``2024-05-01T12:00:00.250Z``,
+``2024-05-01T14:00:00+02:00``), and JSON numbers: epoch seconds when their magnitude is below
+10^11 (that is before the year 5138), else epoch milliseconds. Sub-millisecond digits are cut
+(ISO: floor) or rounded (numbers). Everything else is bad data and raises RecordError with a
+reason: naive ISO strings (ambiguous: which zone?), other strings, booleans, null, lists,
+objects, NaN/infinity, and times outside the years 1..9999.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from streamproc.errors import RecordError
+
+__all__ = ["SECONDS_LIMIT", "format_event_time", "parse_event_time"]
+
+SECONDS_LIMIT = 10**11  # numbers below this (in magnitude) are seconds, others milliseconds
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+_MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_JSON_NAMES = {bool: "a boolean", list: "a list", dict: "an object", type(None): "null"}
+
+
+def parse_event_time(value: Any) -> int:
+    """Milliseconds since the epoch (UTC) of an event-time field value; RecordError if bad."""
+    kind = type(value)
+    if kind is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise RecordError(
+                f"event time {value!r} is not an ISO-8601 timestamp "
+                "(write e.g. 2024-05-01T12:00:00Z, or epoch seconds/milliseconds as a number)"
+            ) from None
+        if parsed.tzinfo is None:
+            raise RecordError(
+                f"event time {value!r} has no UTC offset: add Z or +hh:mm "
+                "(a time without a zone is ambiguous)"
+            )
+        millis: int = (parsed - _EPOCH) // _MS
+    elif kind is int or kind is float:
+        if not math.isfinite(value):
+            raise RecordError(f"event time {value!r} is not a finite number")
+        scaled = value * 1000 if -SECONDS_LIMIT < value < SECONDS_LIMIT else value
+        millis = scaled if kind is int else round(scaled)
+    else:
+        name = _JSON_NAMES.get(kind, f"a {kind.__name__}")
+        raise RecordError(f"event time must be an ISO-8601 string or an epoch number, got {name}")
+    if not _MIN_MS <= millis <= _MAX_MS:
+        raise RecordError(f"event time {value!r} is outside the years 1 to 9999")
+    return millis
+
+
+def format_event_time(millis: int) -> str:
+    """ISO-8601 UTC with millisecond precision and a ``Z``; plain text if out of range."""
+    try:
+        text = (_EPOCH + millis * _MS).isoformat(timespec="milliseconds")
+    except OverflowError:
+        return f"{millis} ms since the epoch"
+    return text.replace("+00:00", "Z")

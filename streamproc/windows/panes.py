@@ -1,0 +1,259 @@
+"""Tumble and Hop windows over per-key panes (a Tumble is a Hop whose slide is its size).
+
+Time is cut into *panes* of ``slide`` ms aligned to the epoch; pane ``p`` covers
+``[p, p + slide)``. The window ``[s, s + size)`` of a key is the combination of its panes
+``s, s + slide, ..., s + size - slide``. An event updates one pane state in place (O(1));
+results combine ``size / slide`` panes when they are needed.
+
+Window ends are multiples of ``slide`` (*boundaries*). Closing to a watermark processes every
+boundary up to it in order, jumping over stretches without panes. For ``final`` rules a key's
+HAVING result is cached between boundaries (``_hot``): a key is re-evaluated only at a boundary
+where one of its panes enters or leaves the window, or after a late event changed one of its
+panes, so a quiet key costs nothing per boundary.
+
+A pane lives until no window needs it: its last window ``[p, p + size)`` closed (for ``final``
+Hop rules: the boundary where it leaves was processed), plus the correction retention.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from collections.abc import Hashable, Mapping
+from operator import itemgetter
+from typing import Any
+
+from streamproc.records import Position
+from streamproc.windows.aggregates import TIME, State
+from streamproc.windows.base import Evaluator, WindowResult
+
+__all__ = ["PaneEngine"]
+
+_SORT_KEY = itemgetter(0)
+# a hot key: (sort text, key as output, selected values, greatest event time)
+_Hot = tuple[str, tuple[Any, ...], dict[str, Any], int]
+
+
+class _Pane:
+    __slots__ = ("keys", "rs")
+
+    def __init__(self, rs: Position) -> None:
+        self.keys: dict[Hashable, State] = {}
+        self.rs = rs  # record-setter when the pane was created: replay from here rebuilds it
+
+
+class PaneEngine:
+    """Tumble/Hop windows of one rule over one shard (see the module docstring)."""
+
+    def __init__(
+        self, evaluator: Evaluator, slide: int, size: int, retention: int, early: bool
+    ) -> None:
+        self._ev = evaluator
+        self._aggs = evaluator.aggregates
+        self._add = self._aggs.add
+        self._new_state = self._aggs.new_state
+        self._keys = evaluator.keys
+        self._slide = slide
+        self._size = size
+        self._retention = retention
+        self._early = early
+        # final Hop rules keep a pane until the boundary where it leaves (its keys' cached
+        # results change there); Tumble windows share no pane, early rules cache nothing
+        self._keep = retention if early or slide == size else max(slide, retention)
+        self._panes: dict[int, _Pane] = {}
+        self._starts: list[int] = []  # pane starts, ascending
+        self._by_key: dict[Hashable, dict[int, State]] = {}  # key -> its pane states by start
+        self._next_end: int | None = None  # smallest boundary not processed yet
+        self._fired: dict[int, set[Hashable]] = {}  # early: window start -> keys that fired
+        self._hot: dict[Hashable, _Hot] = {}  # final: keys whose current window passes HAVING
+        self._stale: dict[Hashable, None] = {}  # final: keys whose open windows a late event hit
+
+    # -- events ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        key: Hashable,
+        doc: Mapping[str, Any],
+        event_time: int,
+        position: Position,
+        identity: str,
+        seq: int,
+        rs: Position,
+        watermark: int | None,
+        late: bool,
+        out: list[WindowResult],
+    ) -> None:
+        start = event_time - event_time % self._slide
+        mine = self._by_key.get(key)
+        if mine is None:
+            mine = self._by_key[key] = {}
+        state = mine.get(start)
+        if state is None:
+            pane = self._panes.get(start)
+            if pane is None:
+                pane = self._panes[start] = _Pane(rs)
+                insort(self._starts, start)
+            state = mine[start] = pane.keys[key] = self._new_state(event_time)
+        self._add(state, doc, event_time, seq)
+        if self._early or late:
+            self._event_results(key, start, event_time, position, identity, watermark, late, out)
+
+    def _event_results(
+        self,
+        key: Hashable,
+        pane_start: int,
+        event_time: int,
+        position: Position,
+        identity: str,
+        watermark: int | None,
+        late: bool,
+        out: list[WindowResult],
+    ) -> None:
+        """Early results of the open windows and corrections of the closed windows the event
+        is in, in window order. Windows with the same panes of this key share one evaluation."""
+        slide, size = self._slide, self._size
+        first = pane_start - size + slide
+        last = pane_start + size  # the key's panes in [first, last) share a window with it
+        near = sorted(
+            ((q, state) for q, state in self._by_key[key].items() if first <= q < last),
+            key=_SORT_KEY,
+        )
+        starts = [start for start, _ in near]
+        states = [state for _, state in near]
+        output = self._keys.output(key)
+        evaluated: tuple[int, int] | None = None
+        values: dict[str, Any] | None = None
+        if self._early and len(states) == 1:  # every window holds just this pane: one check
+            values = self._ev.values(output, states[0])
+            if values is None:
+                return
+            evaluated = (0, 1)
+        for start in range(first, pane_start + slide, slide):
+            end = start + size
+            closed = watermark is not None and end <= watermark
+            if not closed:
+                if not self._early:
+                    self._stale[key] = None  # a late event changed an open final window
+                    continue
+                fired = self._fired.get(start)
+                if fired is not None and key in fired:
+                    continue
+            span = (bisect_left(starts, start), bisect_left(starts, end))
+            if span != evaluated:
+                evaluated = span
+                values = self._ev.values(output, self._aggs.combine(states[span[0] : span[1]]))
+            if values is None:
+                continue
+            if not closed:
+                self._fired.setdefault(start, set()).add(key)
+            out.append(
+                self._ev.result(
+                    output, start, end, dict(values), event_time, position, identity, closed
+                )
+            )
+
+    # -- time --------------------------------------------------------------------------------
+
+    def close_until(
+        self, watermark: int, trigger: Position | None, out: list[WindowResult]
+    ) -> None:
+        """Process every boundary up to ``watermark``: final results, then free panes."""
+        slide, size = self._slide, self._size
+        limit = watermark - watermark % slide + slide  # the first boundary after the watermark
+        end = self._next_end
+        if end is None:
+            end = limit  # first call: every window holding an event ends after the watermark
+        if end > watermark:
+            self._next_end = end
+            if self._starts and self._starts[0] + size + self._keep <= watermark:
+                self._free(watermark)
+            return
+        starts = self._starts
+        while end <= watermark:
+            index = bisect_left(starts, end - size - slide)
+            if index == len(starts):
+                end = limit
+                break
+            if starts[index] >= end:  # no pane in or just leaving this window: jump
+                end = min(starts[index] + slide, limit)
+                continue
+            self._close_boundary(end, trigger, out)
+            end += slide
+        self._next_end = end
+        self._free(watermark)
+
+    def _close_boundary(self, end: int, trigger: Position | None, out: list[WindowResult]) -> None:
+        slide, size = self._slide, self._size
+        start = end - size
+        self._fired.pop(start, None)
+        if self._early:
+            return
+        get = self._panes.get
+        by_key = self._by_key
+        hot = self._hot
+        changed: dict[Hashable, Any] = {}  # keys to evaluate again (values unused)
+        entering = get(end - slide)
+        if entering is not None:
+            changed = entering.keys.copy()
+        if size == slide:
+            hot.clear()  # tumbling windows share no pane: only the entering keys can hold
+        elif (leaving := get(start - slide)) is not None:
+            changed.update(leaving.keys)
+        if self._stale:
+            changed.update(self._stale)
+            self._stale = {}
+        aggs, ev, output_of = self._aggs, self._ev, self._keys.output
+        for key in changed:
+            mine = by_key.get(key)
+            states = [] if mine is None else [s for q, s in mine.items() if start <= q < end]
+            if not states:
+                hot.pop(key, None)
+                continue
+            output = output_of(key)
+            combined = states[0] if len(states) == 1 else aggs.combine(states)
+            values = ev.values(output, combined)
+            if values is None:
+                hot.pop(key, None)
+            else:
+                hot[key] = (repr(output), output, values, combined[TIME])
+        if not hot:
+            return
+        for _, output, values, event_time in sorted(hot.values(), key=_SORT_KEY):
+            out.append(ev.result(output, start, end, dict(values), event_time, trigger, None))
+
+    def _free(self, watermark: int) -> None:
+        starts, horizon = self._starts, watermark - self._size - self._keep
+        count = 0
+        by_key = self._by_key
+        while count < len(starts) and starts[count] <= horizon:
+            start = starts[count]
+            for key in self._panes.pop(start).keys:
+                mine = by_key[key]
+                del mine[start]
+                if not mine:
+                    del by_key[key]
+            count += 1
+        del starts[:count]
+        if self._fired:
+            for start in [s for s in self._fired if s + self._size <= watermark]:
+                del self._fired[start]
+
+    # -- bookkeeping -------------------------------------------------------------------------
+
+    def release_watermark(self) -> int | None:
+        if not self._starts:
+            return None
+        return self._starts[-1] + self._size + self._retention
+
+    def drop_all(self) -> None:
+        self._panes.clear()
+        self._starts.clear()
+        self._by_key.clear()
+        self._fired.clear()
+        self._hot.clear()
+        self._stale.clear()
+
+    def oldest_rs(self) -> Position | None:
+        return min((pane.rs for pane in self._panes.values()), default=None)
+
+    def state_size(self) -> tuple[int, int]:
+        return len(self._by_key), sum(len(mine) for mine in self._by_key.values())

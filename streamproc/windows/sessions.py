@@ -1,0 +1,210 @@
+"""Session windows: per key, events closer than ``gap`` to each other form one window.
+
+A session is ``[first, last + gap)`` over the event times it holds. An event at ``t`` joins every
+session of its key with ``first - gap < t < last + gap``; joining two or more merges them (their
+partial aggregates combine, the merged session is emitted if any part was). A session closes when
+the watermark reaches ``last + gap``.
+
+Deadlines live in one heap with lazy entries: extending an open session pushes nothing; when an
+entry comes due, a session whose deadline moved on is pushed again. An entry is live only while
+it is the session's latest (``_Session.due``), so merged-away sessions and superseded entries are
+skipped. Closed sessions of ``correction`` rules stay for ``gap`` ms after they close.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from bisect import insort
+from collections.abc import Hashable, Mapping
+from operator import attrgetter, itemgetter
+from typing import Any
+
+from streamproc.records import Position
+from streamproc.windows.aggregates import TIME, State
+from streamproc.windows.base import Evaluator, WindowResult
+
+__all__ = ["SessionEngine"]
+
+_BY_START = attrgetter("start")
+_SORT_KEY = itemgetter(0)
+
+
+class _Session:
+    __slots__ = ("closed", "dead", "due", "emitted", "key", "rs", "start", "state")
+
+    def __init__(self, key: Hashable, start: int, state: State, rs: Position) -> None:
+        self.key = key
+        self.start = start
+        self.state = state  # state[TIME] is the last event time
+        self.rs = rs  # record-setter when its first event came: replay from here rebuilds it
+        self.emitted = False  # a result was emitted for it or for a session merged into it
+        self.closed = False
+        self.dead = False  # merged into another session or freed
+        self.due: int | None = None  # time of its live heap entry
+
+
+class SessionEngine:
+    """Session windows of one rule over one shard (see the module docstring)."""
+
+    def __init__(self, evaluator: Evaluator, gap: int, retention: int, early: bool) -> None:
+        self._ev = evaluator
+        self._aggs = evaluator.aggregates
+        self._keys = evaluator.keys
+        self._gap = gap
+        self._retention = retention
+        self._early = early
+        self._by_key: dict[Hashable, list[_Session]] = {}  # sorted by start
+        self._heap: list[tuple[int, int, _Session]] = []
+        self._order = itertools.count()  # heap tie-breaker: sessions never compare
+
+    def add(
+        self,
+        key: Hashable,
+        doc: Mapping[str, Any],
+        event_time: int,
+        position: Position,
+        identity: str,
+        seq: int,
+        rs: Position,
+        watermark: int | None,
+        late: bool,
+        out: list[WindowResult],
+    ) -> None:
+        gap = self._gap
+        sessions = self._by_key.get(key)
+        if sessions is None:
+            sessions = self._by_key[key] = []
+            joined: list[_Session] = []
+        elif len(sessions) == 1:
+            only = sessions[0]
+            inside = only.start - gap < event_time < only.state[TIME] + gap
+            joined = [only] if inside else []
+        else:
+            joined = [s for s in sessions if s.start - gap < event_time < s.state[TIME] + gap]
+        if not joined:
+            session = _Session(key, event_time, self._aggs.new_state(event_time), rs)
+            session.closed = True  # "was closed": a new session has no open window yet
+            insort(sessions, session, key=_BY_START)
+        else:
+            session = joined[0]  # the earliest: it keeps its identity
+            for other in joined[1:]:
+                self._aggs.merge(session.state, other.state)
+                session.emitted = session.emitted or other.emitted
+                session.rs = min(session.rs, other.rs)
+                other.dead = True
+                sessions.remove(other)
+            if event_time < session.start:
+                session.start = event_time
+        self._aggs.add(session.state, doc, event_time, seq)
+        end = session.state[TIME] + gap
+        if watermark is not None and end <= watermark:  # only a late event gets here
+            session.closed = True
+            self._schedule(session, end + self._retention)
+            self._emit_now(session, end, event_time, position, identity, True, out)
+            return
+        session.closed = False
+        self._schedule(session, end)
+        if self._early and not session.emitted:
+            self._emit_now(session, end, event_time, position, identity, False, out)
+
+    def _emit_now(
+        self,
+        session: _Session,
+        end: int,
+        event_time: int,
+        position: Position,
+        identity: str,
+        correction: bool,
+        out: list[WindowResult],
+    ) -> None:
+        output = self._keys.output(session.key)
+        values = self._ev.values(output, session.state)
+        if values is not None:
+            session.emitted = True
+            out.append(
+                self._ev.result(
+                    output, session.start, end, values, event_time, position, identity, correction
+                )
+            )
+
+    def _schedule(self, session: _Session, due: int) -> None:
+        if session.due is None or due < session.due:
+            session.due = due
+            heapq.heappush(self._heap, (due, next(self._order), session))
+
+    def close_until(
+        self, watermark: int, trigger: Position | None, out: list[WindowResult]
+    ) -> None:
+        heap = self._heap
+        if not heap or heap[0][0] > watermark:
+            return
+        gap, retention = self._gap, self._retention
+        closing: list[tuple[tuple[int, str, int], WindowResult]] = []
+        while heap and heap[0][0] <= watermark:
+            due, _, session = heapq.heappop(heap)
+            if session.dead or due != session.due:
+                continue  # superseded entry
+            session.due = None
+            end = session.state[TIME] + gap
+            if not session.closed:
+                if end > watermark:
+                    self._schedule(session, end)  # extended since the entry was pushed
+                    continue
+                session.closed = True
+                if not self._early:
+                    self._close(session, end, trigger, closing)
+            if end + retention > watermark:
+                self._schedule(session, end + retention)
+                continue
+            self._drop(session)
+        closing.sort(key=_SORT_KEY)
+        out.extend(result for _, result in closing)
+
+    def _close(
+        self,
+        session: _Session,
+        end: int,
+        trigger: Position | None,
+        closing: list[tuple[tuple[int, str, int], WindowResult]],
+    ) -> None:
+        output = self._keys.output(session.key)
+        values = self._ev.values(output, session.state)
+        if values is None:
+            return
+        result = self._ev.result(
+            output,
+            session.start,
+            end,
+            values,
+            session.state[TIME],
+            trigger,
+            None,
+            session.emitted,  # a reopened session revises what was emitted for it
+        )
+        session.emitted = True
+        closing.append(((end, repr(output), session.start), result))
+
+    def _drop(self, session: _Session) -> None:
+        session.dead = True
+        sessions = self._by_key[session.key]
+        sessions.remove(session)
+        if not sessions:
+            del self._by_key[session.key]
+
+    def release_watermark(self) -> int | None:
+        ends = [s.state[TIME] for sessions in self._by_key.values() for s in sessions]
+        return max(ends) + self._gap + self._retention if ends else None
+
+    def drop_all(self) -> None:
+        for sessions in self._by_key.values():
+            for session in sessions:
+                session.dead = True
+        self._by_key.clear()
+        self._heap.clear()
+
+    def oldest_rs(self) -> Position | None:
+        return min((s.rs for ss in self._by_key.values() for s in ss), default=None)
+
+    def state_size(self) -> tuple[int, int]:
+        return len(self._by_key), sum(len(sessions) for sessions in self._by_key.values())
