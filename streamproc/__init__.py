@@ -2,7 +2,7 @@
 
 Rule modules import what they need from here::
 
-    from streamproc import rule
+    from streamproc import rule, window_rule
 """
 
 from streamproc.errors import (
@@ -13,7 +13,7 @@ from streamproc.errors import (
     StreamprocError,
     TransportError,
 )
-from streamproc.ruleset import predicate_rule, rule
+from streamproc.ruleset import predicate_rule, rule, window_rule
 
 __version__ = "0.1.0"
 
@@ -27,4 +27,5 @@ __all__ = [
     "__version__",
     "predicate_rule",
     "rule",
+    "window_rule",
 ]

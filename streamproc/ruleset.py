@@ -1,9 +1,9 @@
 """Rules: the Rule value, the declaration API for rule modules, and loading rule modules by path.
 
-A rule module is a plain Python file (``rules/fraud.py`` is the example users copy) that binds
-rules to module-level names::
+A rule module is a plain Python file (``rules/fraud.py`` is the example users copy; windowed
+rules: ``rules/velocity.py``) that binds rules to module-level names::
 
-    from streamproc import predicate_rule, rule
+    from streamproc import predicate_rule, rule, window_rule
 
     high_value = rule(
         name="high_value_out_of_state",
@@ -16,6 +16,9 @@ rules to module-level names::
     @predicate_rule(name="round_amount", select=["tx_id"])
     def round_amount(tx):  # a Python predicate: tx is the record mapping
         return tx["amount"] % 100 == 0
+
+    velocity = window_rule(name="velocity", emit="early", sql="SELECT card_id, COUNT(*) "
+        "FROM tx GROUP BY card_id, SLIDING(event_time, INTERVAL '10' MINUTE) HAVING COUNT(*) > 5")
 
 Every mistake a rule author can make is a :class:`RuleCompileError` at load time, carrying the
 rule module's file and line (and, for an SQL condition, the column of the offending token).
@@ -34,6 +37,7 @@ import traceback
 import types
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +46,10 @@ import orjson
 from streamproc.errors import MissingFieldError, RuleCompileError
 from streamproc.records import SEVERITIES, Severity
 from streamproc.sql import compile_condition, field_getter
+from streamproc.windowspec import EmitMode, LatePolicy, WindowRule
+from streamproc.windowsql import compile_window_sql
 
-__all__ = ["Rule", "RuleSet", "load_rules", "predicate_rule", "rule"]
+__all__ = ["Rule", "RuleSet", "load_rules", "predicate_rule", "rule", "window_rule"]
 
 Condition = Callable[[Mapping[str, Any]], bool]
 Getter = Callable[[Mapping[str, Any]], Any]
@@ -131,14 +137,18 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class RuleSet:
-    """The rules of a deployment, in load order, with unique names (checked on construction)."""
+    """The rules of a deployment in load order: condition rules (``rules``; iterating yields
+    them) and window rules (``window_rules``); ``len`` counts both. Names are unique across both
+    kinds (checked on construction)."""
 
     rules: tuple[Rule, ...]
-    _by_name: dict[str, Rule] = field(init=False, repr=False, compare=False)
+    window_rules: tuple[WindowRule, ...] = ()
+    _by_name: dict[str, Rule | WindowRule] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        by_name: dict[str, Rule] = {}
-        for item in self.rules:
+        by_name: dict[str, Rule | WindowRule] = {}
+        items: tuple[Rule | WindowRule, ...] = (*self.rules, *self.window_rules)
+        for item in items:
             if (first := by_name.get(item.name)) is not None:
                 file, line = _split_origin(item.origin)
                 raise RuleCompileError(
@@ -151,24 +161,38 @@ class RuleSet:
                 )
             by_name[item.name] = item
         object.__setattr__(self, "rules", tuple(self.rules))
+        object.__setattr__(self, "window_rules", tuple(self.window_rules))
         object.__setattr__(self, "_by_name", by_name)
 
     def __len__(self) -> int:
-        return len(self.rules)
+        return len(self.rules) + len(self.window_rules)
 
     def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)
 
     def by_name(self, name: str) -> Rule:
-        """The rule called ``name``; KeyError if there is none."""
-        try:
-            return self._by_name[name]
-        except KeyError:
-            raise KeyError(f"no rule named {name!r}; known: {sorted(self._by_name)}") from None
+        """The condition rule called ``name``; KeyError if there is none."""
+        if isinstance(found := self._by_name.get(name), Rule):
+            return found
+        raise self._unknown(name, Rule)
+
+    def window_by_name(self, name: str) -> WindowRule:
+        """The window rule called ``name``; KeyError if there is none."""
+        if isinstance(found := self._by_name.get(name), WindowRule):
+            return found
+        raise self._unknown(name, WindowRule)
+
+    def _unknown(self, name: str, kind: type[Rule | WindowRule]) -> KeyError:
+        known = sorted(n for n, item in self._by_name.items() if isinstance(item, kind))
+        what = "window rule" if kind is WindowRule else "rule"
+        return KeyError(f"no {what} named {name!r}; known: {known}")
 
     @property
     def fields(self) -> frozenset[str] | None:
-        """Union of the rules' fields, or None if any rule's fields are unknown."""
+        """Union of the rules' fields, or None if any rule's fields are unknown (always when there
+        are window rules: a WindowRule does not record the fields its WHERE reads)."""
+        if self.window_rules:
+            return None
         result: set[str] = set()
         for item in self.rules:
             if (fields := item.fields) is None:
@@ -245,6 +269,51 @@ def predicate_rule(
     return declare
 
 
+def window_rule(
+    *,
+    name: str,
+    sql: str,
+    version: int = 1,
+    emit: EmitMode = "final",
+    allowed_lateness: timedelta = timedelta(0),
+    late: LatePolicy = "dead_letter",
+    severity: Severity = "MEDIUM",
+    sinks: Sequence[str] = (),
+    description: str = "",
+) -> WindowRule:
+    """Declare a windowed SQL rule (grammar: :mod:`streamproc.windowsql`, compiled now); bind
+    the result to a module-level name. ``emit``: ``"final"`` (when a window closes) or ``"early"``
+    (once, when HAVING first holds). ``allowed_lateness`` is a ``datetime.timedelta`` (whole
+    milliseconds); events later than that are ``late``: ``"dead_letter"`` or ``"correction"``.
+    Raises RuleCompileError pointing at this call; at the offending token when ``sql`` is a
+    plain string literal."""
+    caller = sys._getframe(1)
+    file, line = caller.f_code.co_filename, caller.f_lineno
+    label, ms = name if isinstance(name, str) else None, timedelta(milliseconds=1)
+    lateness = allowed_lateness if isinstance(allowed_lateness, timedelta) else None
+    if lateness is None or lateness < timedelta(0) or lateness % ms:
+        message = f"allowed_lateness must be whole milliseconds >= 0, got {allowed_lateness!r}"
+        hint = "a datetime.timedelta, e.g. allowed_lateness=timedelta(minutes=1)"
+        raise RuleCompileError(message, file=file, line=line, rule=label, hint=hint)
+    try:
+        return compile_window_sql(
+            sql,
+            origin=f"{file}:{line}",
+            rule=label,
+            name=name,
+            version=version,
+            emit=emit,
+            allowed_lateness_ms=lateness // ms,
+            late=late,
+            severity=severity,
+            sinks=sinks,
+            description=description,
+        )
+    except RuleCompileError as error:
+        text = sql if isinstance(sql, str) else ""
+        raise _in_module(error, file, line, text, keyword="sql") from None
+
+
 def load_rules(paths: Sequence[str | Path]) -> RuleSet:
     """Load the rules declared in rule modules.
 
@@ -252,8 +321,9 @@ def load_rules(paths: Sequence[str | Path]) -> RuleSet:
     name order, not recursive). Each file is executed as a fresh module under a private name
     (``streamproc_rules.<stem>_<hash>``, so the ``rules/`` folder needs no ``__init__.py`` and
     never shadows anything), without writing bytecode caches. Module-level attributes that are
-    Rules are collected in definition order. Raises RuleCompileError naming the file (and line,
-    column for Python syntax errors) for any failure, for duplicate names, and if no rule is found.
+    Rules or WindowRules are collected in definition order. Raises RuleCompileError naming the
+    file (and line, column for Python syntax errors) for any failure, for duplicate names, and if
+    no rule is found.
     """
     entries = [paths] if isinstance(paths, str | Path) else list(paths)
     files: list[Path] = []
@@ -271,7 +341,7 @@ def load_rules(paths: Sequence[str | Path]) -> RuleSet:
             problem = "is not a .py file or a directory" if entry.exists() else "does not exist"
             raise RuleCompileError(f"rule path {problem}", file=str(entry))
     loaded: dict[Path, None] = {}  # a file named twice (a directory and itself) loads once
-    rules: list[Rule] = []
+    rules: list[Rule | WindowRule] = []
     for file in files:
         if file.resolve() not in loaded:
             loaded[file.resolve()] = None
@@ -282,7 +352,8 @@ def load_rules(paths: Sequence[str | Path]) -> RuleSet:
             hint="bind rules to module-level names in a .py file, e.g. "
             "big = rule(name='big', condition='amount > 1000', select=['tx_id'])",
         )
-    return RuleSet(tuple(rules))
+    conditions = tuple(item for item in rules if isinstance(item, Rule))
+    return RuleSet(conditions, tuple(item for item in rules if isinstance(item, WindowRule)))
 
 
 class _SourceLoader(importlib.machinery.SourceFileLoader):
@@ -293,7 +364,7 @@ class _SourceLoader(importlib.machinery.SourceFileLoader):
         return compile(self.get_data(self.path), self.path, "exec", dont_inherit=True)
 
 
-def _load_module(file: Path) -> list[Rule]:
+def _load_module(file: Path) -> list[Rule | WindowRule]:
     digest = hashlib.blake2b(str(file.resolve()).encode(), digest_size=4).hexdigest()
     stem = re.sub(r"\W", "_", file.stem)
     module_name = f"streamproc_rules.{stem}_{digest}"
@@ -325,9 +396,9 @@ def _load_module(file: Path) -> list[Rule]:
             line=frames[-1].lineno if frames else None,
             hint="a rule module may only declare rules and import what they need",
         ) from error
-    found: dict[int, Rule] = {}  # by identity: one Rule bound to two names counts once
+    found: dict[int, Rule | WindowRule] = {}  # by identity: a rule bound to two names counts once
     for value in vars(module).values():
-        if isinstance(value, Rule):
+        if isinstance(value, Rule | WindowRule):
             found.setdefault(id(value), value)
     return list(found.values())
 
@@ -389,10 +460,13 @@ def _split_origin(origin: str) -> tuple[str | None, int | None]:
     return (file, int(line)) if file and line.isdigit() else (origin or None, None)
 
 
-def _in_module(error: RuleCompileError, file: str, line: int, text: str) -> RuleCompileError:
-    """Re-locate an SQL compile error from the condition text to the rule module's source."""
+def _in_module(
+    error: RuleCompileError, file: str, line: int, text: str, keyword: str = "condition"
+) -> RuleCompileError:
+    """Re-locate an SQL compile error from the SQL text (the ``keyword=`` argument of the call
+    at ``line``) to the rule module's source."""
     column = None
-    literal = _find_literal(file, line, text)
+    literal = _find_literal(file, line, text, keyword)
     if literal is not None and error.line is not None and error.column is not None:
         line, column = literal[0] + error.line - 1, error.column
         if error.line == 1:
@@ -402,9 +476,9 @@ def _in_module(error: RuleCompileError, file: str, line: int, text: str) -> Rule
     )
 
 
-def _find_literal(file: str, call_line: int, text: str) -> tuple[int, int] | None:
-    """(line, 0-based column) where the ``condition=`` string of the call at ``call_line``
-    starts, if it is a single literal without escapes (so positions in it map one to one)."""
+def _find_literal(file: str, call_line: int, text: str, keyword: str) -> tuple[int, int] | None:
+    """(line, 0-based column) where the ``keyword=`` string of the call at ``call_line`` starts,
+    if it is a single literal without escapes (so positions in it map one to one)."""
     try:
         source = Path(file).read_text(encoding="utf-8")
         tree = ast.parse(source)
@@ -413,9 +487,9 @@ def _find_literal(file: str, call_line: int, text: str) -> tuple[int, int] | Non
     for node in ast.walk(tree):
         if not (isinstance(node, ast.Call) and node.lineno <= call_line <= (node.end_lineno or 0)):
             continue
-        for keyword in node.keywords:
-            value = keyword.value
-            if keyword.arg != "condition" or not isinstance(value, ast.Constant):
+        for argument in node.keywords:
+            value = argument.value
+            if argument.arg != keyword or not isinstance(value, ast.Constant):
                 continue
             segment = ast.get_source_segment(source, value) or ""
             quote = re.match(r"[rRuU]?('''|\"\"\"|'|\")", segment)
