@@ -100,15 +100,35 @@ class DynamoDbCheckpointStore:
             sub_sequence = int(item.get("sub_sequence_number", {"N": "0"})["N"])
             position = Position.of(item["sequence_number"]["S"], sub_sequence)
         ended = bool(item.get("shard_ended", {"BOOL": False})["BOOL"])
-        return Checkpoint(shard_id=shard_id, position=position, shard_ended=ended)
+        replay_from = None
+        if "replay_sequence_number" in item:
+            replay_from = Position.of(
+                item["replay_sequence_number"]["S"],
+                int(item.get("replay_sub_sequence_number", {"N": "0"})["N"]),
+            )
+        return Checkpoint(
+            shard_id=shard_id, position=position, shard_ended=ended, replay_from=replay_from
+        )
 
     def save(
-        self, stream: str, shard_id: str, position: Position | None, *, shard_ended: bool = False
+        self,
+        stream: str,
+        shard_id: str,
+        position: Position | None,
+        *,
+        shard_ended: bool = False,
+        replay_from: Position | None = None,
     ) -> None:
-        self.try_save(stream, shard_id, position, shard_ended=shard_ended)
+        self.try_save(stream, shard_id, position, shard_ended=shard_ended, replay_from=replay_from)
 
     def try_save(
-        self, stream: str, shard_id: str, position: Position | None, *, shard_ended: bool = False
+        self,
+        stream: str,
+        shard_id: str,
+        position: Position | None,
+        *,
+        shard_ended: bool = False,
+        replay_from: Position | None = None,
     ) -> bool:
         """Like :meth:`save`; returns False when the condition refused the write."""
         now = datetime.now(UTC).isoformat()
@@ -133,6 +153,12 @@ class DynamoDbCheckpointStore:
                     ":ended": {"BOOL": shard_ended},
                 }
             )
+            if replay_from is not None and not shard_ended:
+                update += ", replay_sequence_number = :rseq, replay_sub_sequence_number = :rsub"
+                values[":rseq"] = {"S": replay_from.sequence}
+                values[":rsub"] = {"N": str(replay_from.sub_sequence_number)}
+            else:
+                update += " REMOVE replay_sequence_number, replay_sub_sequence_number"
         try:
             self._client.update_item(
                 TableName=self._table,

@@ -99,6 +99,7 @@ class KinesisShardReader:
         _check_start(start, start_timestamp)
         self.shard_id = shard_id
         self.start = start
+        self.restore_until: Position | None = None
         self._where = f"stream {stream!r} shard {shard_id}"
         self._client = client
         self._stream = stream
@@ -332,6 +333,15 @@ class KinesisPollerSource:
             if any(p in present and not self._parent_done(p) for p in parents):
                 continue  # a parent still has records to be processed first
             resume_after = checkpoint.position if checkpoint is not None else None
+            restore_until = None
+            replay_from = checkpoint.replay_from if checkpoint is not None else None
+            if resume_after is not None and replay_from is not None and replay_from <= resume_after:
+                # Rebuild window state: read again from the oldest record it holds (inclusive:
+                # "done through" the position just before it), up to the checkpoint.
+                restore_until = resume_after
+                resume_after = Position(
+                    replay_from.sequence_number, replay_from.sub_sequence_number - 1
+                )
             if resume_after is not None:
                 start: StartPosition = self._start
             elif any(p in self._ended or self._checkpoints.load(self._stream, p) for p in parents):
@@ -355,15 +365,23 @@ class KinesisPollerSource:
                 settings=self._settings,
                 clock=self._clock,
             )
+            reader.restore_until = restore_until
             self._readers[shard_id] = reader
             new.append(reader)
             logger.info("shard %s/%s assigned: %s", self._stream, shard_id, resume_after or start)
         return new
 
     def checkpoint(
-        self, shard_id: str, position: Position | None, *, shard_ended: bool = False
+        self,
+        shard_id: str,
+        position: Position | None,
+        *,
+        shard_ended: bool = False,
+        replay_from: Position | None = None,
     ) -> None:
-        self._checkpoints.save(self._stream, shard_id, position, shard_ended=shard_ended)
+        self._checkpoints.save(
+            self._stream, shard_id, position, shard_ended=shard_ended, replay_from=replay_from
+        )
 
     def close(self) -> None:
         for reader in self._readers.values():

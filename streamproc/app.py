@@ -74,13 +74,14 @@ def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: b
     )
     default_sinks = tuple(sinks)
 
-    def processor_factory(_shard_id: str) -> ShardProcessor:
+    def processor_factory(shard_id: str) -> ShardProcessor:
         return ShardProcessor(
             ruleset,
             identity_field=config.rules.identity_field,
             event_time_field=config.rules.event_time_field,
             limits=limits,
             default_sinks=default_sinks,
+            shard_id=shard_id,
         )
 
     check_rule_sinks(processor_factory("-"), sinks)
@@ -105,6 +106,7 @@ def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: b
         checkpoint_interval_s=config.runtime.checkpoint_interval_s,
         discovery_interval_s=config.source.discovery_interval_s,
         drain_timeout_s=config.runtime.drain_timeout_s,
+        idle_close_s=config.runtime.idle_close_s,
     )
     metrics = Metrics()
     metrics_url = None

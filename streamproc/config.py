@@ -126,6 +126,9 @@ class RuntimeConfig:
     # On stop: how long to keep flushing sinks before giving up (unacknowledged records are
     # then simply not checkpointed, so they are read again after restart: nothing is lost).
     drain_timeout_s: float = field(default=30.0, metadata=_range(0.0, 3600))
+    # A shard silent for this long (wall clock) closes its open windows: alerts are never held
+    # back by silence. Events for those windows that arrive later are late events.
+    idle_close_s: float = field(default=30.0, metadata=_range(0.1, 86_400))
 
 
 @dataclass(frozen=True)

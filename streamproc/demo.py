@@ -38,13 +38,15 @@ MERCHANTS = (
 @dataclass(frozen=True)
 class DemoSpec:
     seed: int = 42
-    cards: int = 2_000
+    cards: int = 50_000
     stores: int = 50
     products: int = 200
     high_value_share: float = 0.02  # share of amounts over 2000
     out_of_state_share: float = 0.05
     # share of "card used far from home for a large amount" fraud patterns on top of the above
     fraud_share: float = 0.01
+    # share of records that start a burst: one card used 6 to 9 times in a row (card testing)
+    burst_share: float = 0.001
     restock_share: float = 0.05
     events_per_second: float = 500.0  # event-time spacing, not the producer's send rate
     start: datetime = datetime(2026, 1, 1, tzinfo=UTC)
@@ -56,10 +58,20 @@ def transactions(spec: DemoSpec = DemoSpec(), count: int | None = None) -> Itera
     home = [rng.choice(STATES) for _ in range(spec.cards)]
     step = timedelta(seconds=1 / spec.events_per_second)
     n = 0
+    burst_card, burst_left = 0, 0
     while count is None or n < count:
-        card = rng.randrange(spec.cards)
+        in_burst = True
+        if burst_left:
+            card, burst_left = burst_card, burst_left - 1
+        elif rng.random() < spec.burst_share:
+            burst_card, burst_left = rng.randrange(spec.cards), rng.randint(5, 8)
+            card = burst_card
+        else:
+            card, in_burst = rng.randrange(spec.cards), False
         fraud = rng.random() < spec.fraud_share
-        if fraud or rng.random() < spec.high_value_share:
+        if in_burst:  # bursts spend fast: most add up to more than 10,000
+            amount = round(rng.uniform(900.0, 1999.99), 2)
+        elif fraud or rng.random() < spec.high_value_share:
             amount = round(rng.uniform(2000.01, 9500.0), 2)
         else:
             amount = round(min(rng.lognormvariate(3.6, 0.9), 1999.99), 2)

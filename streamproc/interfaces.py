@@ -98,6 +98,9 @@ class ShardReader(Protocol):
     """
 
     shard_id: str
+    # Records at or before this position were processed (and their alerts delivered) by an
+    # earlier run; they are read again only to rebuild window state. None: nothing to rebuild.
+    restore_until: Position | None
 
     def next_batch(self) -> RecordBatch | None: ...
 
@@ -121,7 +124,12 @@ class Source(Protocol):
     def poll_assignments(self) -> list[ShardReader]: ...
 
     def checkpoint(
-        self, shard_id: str, position: Position | None, *, shard_ended: bool = False
+        self,
+        shard_id: str,
+        position: Position | None,
+        *,
+        shard_ended: bool = False,
+        replay_from: Position | None = None,
     ) -> None: ...
 
     def close(self) -> None: ...
@@ -129,11 +137,17 @@ class Source(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """A stored checkpoint: the last position fully processed, or the shard's end."""
+    """A stored checkpoint: the last position fully processed, or the shard's end.
+
+    ``replay_from`` is the oldest record still contributing to window state at ``position``:
+    a restart reads from there, rebuilding window state from records up to ``position`` without
+    emitting anything for them, then carries on normally. None: no window state to rebuild.
+    """
 
     shard_id: str
     position: Position | None
     shard_ended: bool = False
+    replay_from: Position | None = None
 
 
 class CheckpointStore(Protocol):
@@ -146,5 +160,11 @@ class CheckpointStore(Protocol):
     def load(self, stream: str, shard_id: str) -> Checkpoint | None: ...
 
     def save(
-        self, stream: str, shard_id: str, position: Position | None, *, shard_ended: bool = False
+        self,
+        stream: str,
+        shard_id: str,
+        position: Position | None,
+        *,
+        shard_ended: bool = False,
+        replay_from: Position | None = None,
     ) -> None: ...

@@ -23,6 +23,7 @@ MetricName = Literal[
     "streamproc_checkpoints_total",
     "streamproc_millis_behind_latest",
     "streamproc_pending_deliveries",
+    "streamproc_late_events_total",
 ]
 
 
@@ -35,6 +36,7 @@ class Totals:
     alerts_dead_lettered: int = 0
     checkpoints: int = 0
     checkpoint_failures: int = 0
+    late_events: int = 0
     # Set by Runtime.drain: what a stop left undone (0 / False after a clean stop).
     undecided_at_stop: int = 0
     checkpoint_failed_at_stop: bool = False
@@ -107,6 +109,12 @@ class Metrics:
             _n("streamproc_millis_behind_latest"),
             "How far the last read was behind the tip of the shard",
             ["shard"],
+            registry=r,
+        )
+        self.late_events = Counter(
+            _n("streamproc_late_events_total"),
+            "Events behind a window rule's watermark (dead-lettered or corrected, per the rule)",
+            ["rule"],
             registry=r,
         )
         self.pending_deliveries = Gauge(

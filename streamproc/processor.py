@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 
 from streamproc.errors import MissingFieldError
-from streamproc.records import Alert, DeadLetter, Record, make_alert_id
+from streamproc.records import Alert, DeadLetter, Position, Record, make_alert_id
 from streamproc.ruleset import RuleSet
+from streamproc.windowing import WindowSet
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class ProcessResult:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     matches: list[int] = field(default_factory=list)
     decoded: int = 0
+    restored: int = 0  # records replayed only to rebuild window state
 
 
 def nesting_depth(value: Any, limit: int | None = None) -> int:
@@ -97,16 +99,25 @@ class ShardProcessor:
         event_time_field: str = "event_time",
         limits: DecodeLimits | None = None,
         default_sinks: Sequence[str] = (),
+        shard_id: str = "",
     ) -> None:
         self.ruleset = ruleset
+        self.shard_id = shard_id
         self.identity_field = identity_field
         self.event_time_field = event_time_field
         self.limits = limits or DecodeLimits()
         self.default_sinks = tuple(default_sinks)
         # Resolve per-rule constants once, so the loop below only does per-record work.
         self._plan = [(r, r.condition, r.sinks or self.default_sinks) for r in ruleset.rules]
+        self.windows = WindowSet(ruleset.window_rules, self.default_sinks)
+        self._has_windows = bool(ruleset.window_rules)
+        self.last_position: Position | None = None
 
-    def process(self, records: Sequence[Record]) -> ProcessResult:
+    def process(
+        self, records: Sequence[Record], *, restore_until: Position | None = None
+    ) -> ProcessResult:
+        """Evaluate a batch. Records at or before ``restore_until`` were fully processed by an
+        earlier run: they only rebuild window state (no alerts, no dead letters)."""
         result = ProcessResult(matches=[0] * len(self._plan))
         alerts = result.alerts
         dead = result.dead_letters
@@ -114,13 +125,25 @@ class ShardProcessor:
         limits = self.limits
         identity_field = self.identity_field
         event_time_field = self.event_time_field
+        windows = self.windows if self._has_windows else None
+        rejected: list[tuple[str, str]] = []
         for record in records:
+            restoring = restore_until is not None and record.position <= restore_until
             try:
                 doc = decode(record.data, limits)
             except Exception as exc:  # a decoder failure we did not foresee is still bad data
                 doc = f"cannot decode record: {type(exc).__name__}: {exc}"
             if isinstance(doc, str):
-                dead.append(_record_dead_letter(record, doc))
+                if not restoring:
+                    dead.append(_record_dead_letter(record, doc))
+                continue
+            if restoring:
+                result.restored += 1
+                if windows is not None:
+                    windows.on_record(
+                        doc, record, _identity(doc, identity_field, record), None, rejected
+                    )
+                    rejected.clear()
                 continue
             result.decoded += 1
             identity: str | None = None
@@ -155,9 +178,35 @@ class ShardProcessor:
                         sequence_number=record.sequence_number,
                         sub_sequence_number=record.sub_sequence_number,
                         event_time=event_time if isinstance(event_time, str) else None,
+                        key_fields=None if key is None or rule.key is None else {rule.key: key},
                     )
                 )
+            if windows is not None:
+                if identity is None:
+                    identity = _identity(doc, identity_field, record)
+                windows.on_record(doc, record, identity, alerts, rejected)
+                for rule_name, reason in rejected:
+                    dead.append(_record_dead_letter(record, reason, rule_name))
+                rejected.clear()
+        if records:
+            self.last_position = records[-1].position
         return result
+
+    def flush_windows(self) -> list[Alert]:
+        """Close every open window now: alerts for those whose HAVING holds."""
+        shard_id = self.shard_id
+        return self.windows.flush(shard_id, self.last_position) if self._has_windows else []
+
+    def replay_from(self) -> Position | None:
+        """The oldest record still held in window state (None: none held)."""
+        return self.windows.oldest_position() if self._has_windows else None
+
+    def holds_window_state(self) -> bool:
+        return self._has_windows and self.windows.holds_state()
+
+    @property
+    def has_windows(self) -> bool:
+        return self._has_windows
 
 
 def _identity(doc: Mapping[str, Any], identity_field: str, record: Record) -> str:

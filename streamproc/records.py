@@ -88,11 +88,14 @@ SEVERITIES: tuple[Severity, ...] = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """The output of a rule for one record (or one window, later).
+    """The output of a rule for one record, or of a window rule for one key and window.
 
     ``alert_id`` is deterministic (see :func:`make_alert_id`) and is in every payload, so any
-    downstream consumer can deduplicate. ``key`` is the business key (e.g. the card) used as the
-    FIFO message group; ``sinks`` names the sinks the alert must reach.
+    downstream consumer can deduplicate. ``key`` is the business key as text (e.g. the card),
+    used as the FIFO message group; ``key_fields`` is the same key as an object (the rule's key
+    field, or a window rule's group-by fields). ``sinks`` names the sinks the alert must reach.
+    ``window_start``/``window_end`` (ISO-8601 UTC) are set for window alerts; ``correction``
+    marks an alert re-issued for a window that a late event changed.
     """
 
     alert_id: str
@@ -106,6 +109,10 @@ class Alert:
     sequence_number: str
     sub_sequence_number: int = 0
     event_time: str | None = None
+    key_fields: Mapping[str, Any] | None = None
+    window_start: str | None = None
+    window_end: str | None = None
+    correction: bool = False
 
     def payload(self) -> dict[str, Any]:
         """The JSON object every sink sends. Deterministic for a given rule version and record."""
@@ -114,7 +121,10 @@ class Alert:
             "rule": self.rule,
             "rule_version": self.rule_version,
             "severity": self.severity,
-            "key": self.key,
+            "key": None if self.key_fields is None else dict(self.key_fields),
+            "window_start": self.window_start,
+            "window_end": self.window_end,
+            "correction": self.correction,
             "event_time": self.event_time,
             "fields": dict(self.fields),
             "source": {

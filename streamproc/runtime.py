@@ -37,7 +37,7 @@ from streamproc.interfaces import (
 )
 from streamproc.metrics import Metrics, Totals
 from streamproc.processor import ShardProcessor
-from streamproc.records import DeadLetter, Position, RecordBatch
+from streamproc.records import Alert, DeadLetter, Position, RecordBatch
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,9 @@ class RuntimeSettings:
     # Backoff of the dead-letter destination after a failed park (doubles up to the max).
     dead_letter_backoff_s: float = 0.2
     dead_letter_backoff_max_s: float = 20.0
+    # A shard that received no record for this long closes its open windows (wall clock), so
+    # silence never holds an alert back. Later events for those windows count as late.
+    idle_close_s: float = 30.0
 
 
 @dataclass(slots=True)
@@ -64,6 +67,8 @@ class _Ticket:
     records: int
     size: int  # bytes of the batch's records: memory held until the batch is settled
     pending: int = 0
+    # Oldest record still in window state once this batch was processed (see Checkpoint).
+    replay_from: Position | None = None
 
 
 @dataclass(slots=True)
@@ -72,6 +77,9 @@ class _Shard:
     processor: ShardProcessor
     tickets: deque[_Ticket] = field(default_factory=deque)
     settled: Position | None = None  # everything up to here is decided
+    settled_replay_from: Position | None = None
+    last_data_at: float = 0.0  # clock of the last batch with records (idle window close)
+    late_reported: list[int] = field(default_factory=list)
     checkpointed: Position | None = None
     last_checkpoint_at: float = 0.0
     inflight_records: int = 0
@@ -208,7 +216,10 @@ class Runtime:
             if reader.shard_id in self._shards:
                 continue
             log.info("reading shard %s", reader.shard_id)
-            self._shards[reader.shard_id] = _Shard(reader, self.processor_factory(reader.shard_id))
+            shard = _Shard(reader, self.processor_factory(reader.shard_id))
+            shard.last_data_at = self.clock()
+            shard.late_reported = [0] * len(shard.processor.windows.rules)
+            self._shards[reader.shard_id] = shard
         self.totals.shards_active = len(self._shards)
 
     def _read_all(self) -> bool:
@@ -229,23 +240,53 @@ class Runtime:
             self._note_read(batch)
             if batch.records:
                 self._process(shard, batch)
+                shard.last_data_at = self.clock()
+                busy = True
+            elif self._idle(shard):
+                self._close_idle_windows(shard)
                 busy = True
             # Only after its last batch is processed (and has its ticket) may a shard end.
             shard.end_processed = shard.reader.finished
         return busy
 
+    def _idle(self, shard: _Shard) -> bool:
+        processor = shard.processor
+        return (
+            processor.has_windows
+            and self.clock() - shard.last_data_at >= self.settings.idle_close_s
+            and processor.holds_window_state()
+        )
+
+    def _close_idle_windows(self, shard: _Shard) -> None:
+        processor = shard.processor
+        alerts = processor.flush_windows()
+        log.info("shard %s idle: closed its windows (%d alerts)", processor.shard_id, len(alerts))
+        end = processor.last_position or shard.settled
+        if end is None:
+            return
+        ticket = _Ticket(end=end, records=0, size=0, replay_from=processor.replay_from())
+        self._route(shard, ticket, alerts)
+        self._count_matches(alerts)
+        shard.tickets.append(ticket)
+        shard.last_data_at = self.clock()
+
     def _process(self, shard: _Shard, batch: RecordBatch) -> None:
-        result = shard.processor.process(batch.records)
+        processor = shard.processor
+        result = processor.process(batch.records, restore_until=shard.reader.restore_until)
         last = batch.records[-1]
         size = sum(len(r.data) for r in batch.records)
         ticket = _Ticket(end=last.position, records=len(batch.records), size=size)
-        for alert in result.alerts:
-            for sink_name in alert.sinks:
-                delivery_id = self._next_delivery_id
-                self._next_delivery_id += 1
-                self.sinks[sink_name].add(Delivery(delivery_id, alert))
-                self._deliveries[delivery_id] = ticket
-                ticket.pending += 1
+        if processor.has_windows:
+            ticket.replay_from = processor.replay_from()
+            late = processor.windows.late_events
+            for index, count in enumerate(late):
+                if count != shard.late_reported[index]:
+                    name = processor.windows.rules[index].name
+                    self.metrics.late_events.labels(name).inc(count - shard.late_reported[index])
+                    self.totals.late_events += count - shard.late_reported[index]
+                    shard.late_reported[index] = count
+        self._route(shard, ticket, result.alerts)
+        self._count_matches(result.alerts)
         if result.dead_letters:
             ticket.pending += 1
             shard.unparked.append((ticket, result.dead_letters))
@@ -254,12 +295,31 @@ class Runtime:
         shard.tickets.append(ticket)
         shard.inflight_records += ticket.records
         shard.inflight_bytes += ticket.size
-        rules = shard.processor.ruleset.rules
+        rules = processor.ruleset.rules
         for index, count in enumerate(result.matches):
             if count:
                 name = rules[index].name
                 self.totals.rule_matches[name] = self.totals.rule_matches.get(name, 0) + count
                 self.metrics.rule_matches.labels(name).inc(count)
+
+    def _count_matches(self, alerts: list[Alert]) -> None:
+        """Window alerts count as matches of their rule (condition rules count in process)."""
+        window_rules = {a.rule for a in alerts if a.window_end is not None}
+        for name in window_rules:
+            count = sum(1 for a in alerts if a.rule == name)
+            self.totals.rule_matches[name] = self.totals.rule_matches.get(name, 0) + count
+            self.metrics.rule_matches.labels(name).inc(count)
+
+    def _route(self, shard: _Shard, ticket: _Ticket, alerts: list[Alert]) -> None:
+        """Add each alert to each of its sinks; the ticket counts the undecided deliveries."""
+        del shard
+        for alert in alerts:
+            for sink_name in alert.sinks:
+                delivery_id = self._next_delivery_id
+                self._next_delivery_id += 1
+                self.sinks[sink_name].add(Delivery(delivery_id, alert))
+                self._deliveries[delivery_id] = ticket
+                ticket.pending += 1
 
     def _note_read(self, batch: RecordBatch) -> None:
         n = len(batch.records)
@@ -341,6 +401,7 @@ class Runtime:
             while shard.tickets and shard.tickets[0].pending == 0:
                 ticket = shard.tickets.popleft()
                 shard.settled = ticket.end
+                shard.settled_replay_from = ticket.replay_from
                 shard.inflight_records -= ticket.records
                 shard.inflight_bytes -= ticket.size
                 shard.settled_since_checkpoint += ticket.records
@@ -352,7 +413,12 @@ class Runtime:
             )
             if due and (shard.settled != shard.checkpointed or ended):
                 try:
-                    self.source.checkpoint(shard_id, shard.settled, shard_ended=ended)
+                    self.source.checkpoint(
+                        shard_id,
+                        shard.settled,
+                        shard_ended=ended,
+                        replay_from=None if ended else shard.settled_replay_from,
+                    )
                 except TransportError as exc:
                     self.metrics.checkpoint_failures.labels(shard_id).inc()
                     self.totals.checkpoint_failures += 1

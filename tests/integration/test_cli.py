@@ -42,16 +42,22 @@ def test_run_local_delivers_alerts_to_all_four_sinks_and_exits_cleanly(tmp_path:
     assert checkpoints is not None and int(checkpoints.group(1).replace(",", "")) > 0
     read = int(re.search(r"records read\s+([\d,]+)", out).group(1).replace(",", ""))  # type: ignore[union-attr]
     assert read > 1000
-    matches = re.search(r"rule high_value_out_of_state\s+([\d,]+) matches", out)
-    assert matches is not None
-    alerts = int(matches.group(1).replace(",", ""))
-    assert alerts > 0
+
+    def number(text: str) -> int:
+        return int(text.replace(",", ""))
+
+    matches = {m[0]: number(m[1]) for m in re.findall(r"rule (\w+)\s+([\d,]+) matches", out)}
+    assert matches.get("high_value_out_of_state", 0) > 0, out
+    alerts = sum(matches.values())
     for sink in ("dynamodb", "eventbridge", "sns", "sqs"):
         assert re.search(rf"sink {sink}\s+sent {alerts:,}\b", out), (sink, out)
-    for where in ("eventbridge → inbox queue", "sns → HIGH/CRITICAL inbox queue",
-                  "sqs fifo queue", "dynamodb table items"):  # fmt: skip
+    for where in ("eventbridge → inbox queue", "sqs fifo queue", "dynamodb table items"):
         found = re.search(rf"{re.escape(where)}\s+([\d,]+)", out)
-        assert found is not None and int(found.group(1).replace(",", "")) == alerts, (where, out)
+        assert found is not None and number(found.group(1)) == alerts, (where, out)
+    # the SNS subscription filters on severity: all HIGH alerts and no MEDIUM one pass it
+    high = matches["high_value_out_of_state"] + matches.get("card_velocity", 0)
+    found = re.search(r"sns → HIGH/CRITICAL inbox queue\s+([\d,]+)", out)
+    assert found is not None and number(found.group(1)) == high, out
     assert "[" in out and "/s)" in out  # the live summary printed at least once
 
 
@@ -154,3 +160,54 @@ def test_ctrl_c_stops_cleanly_with_totals(tmp_path: Path) -> None:
     assert process.returncode == 0, err
     assert "every alert decided, final checkpoint written" in out
     assert "at the destinations" in out
+
+
+def test_replay_writes_the_same_alerts_byte_for_byte_every_time(tmp_path: Path) -> None:
+    from streamproc.demo import DemoSpec, encode, transactions
+
+    events = tmp_path / "events.jsonl"
+    lines = [encode(t)[0] for t in transactions(DemoSpec(seed=9), 20_000)]
+    lines.insert(500, b"{broken")
+    events.write_bytes(b"\n".join(lines) + b"\n")
+    outputs = []
+    for name in ("a.jsonl", "b.jsonl"):
+        result = run("replay", "--rules", "rules", "--events", str(events),
+                     "--output", str(tmp_path / name))  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        outputs.append((tmp_path / name).read_bytes())
+    assert outputs[0] == outputs[1]
+    alerts = [orjson.loads(line) for line in outputs[0].splitlines()]
+    rules = {a["rule"] for a in alerts}
+    assert rules == {"high_value_out_of_state", "card_velocity", "hourly_spend"}
+    for alert in alerts:
+        for key in ("alert_id", "rule", "rule_version", "key", "window_start", "window_end",
+                    "event_time", "fields"):  # fmt: skip
+            assert key in alert
+        if alert["rule"] == "hourly_spend":
+            assert alert["window_start"].endswith(":00:00.000Z")
+            assert alert["fields"]["total"] > 10_000
+    assert f"replayed 20,001 records: {len(alerts):,} alerts" in result.stderr
+    assert "1 refused" in result.stderr
+    assert "line 501: invalid JSON" in result.stderr
+
+
+def test_rules_check_passes_on_the_shipped_rules() -> None:
+    result = run("rules", "check", "rules")
+    assert result.returncode == 0, result.stderr
+    assert "ok: 3 rule(s) compiled from rules" in result.stdout
+
+
+def test_rules_check_reports_a_bad_window_rule_in_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "windows.py"
+    bad.write_text(
+        "from streamproc import window_rule\n\n"
+        "w = window_rule(\n"
+        "    name='w',\n"
+        '    sql="SELECT card_id FROM t WHERE COUNT(*) > 1 GROUP BY card_id, '
+        "TUMBLE(event_time, INTERVAL '1' HOUR)\",\n"
+        ")\n"
+    )
+    result = run("rules", "check", str(tmp_path))
+    assert result.returncode == 1
+    where = rf"{re.escape(str(bad))}:5:\d+: "
+    assert re.search(where + r".*aggregate COUNT\(\*\) is not allowed in WHERE", result.stderr)

@@ -38,6 +38,7 @@ def make_alert(
         rule_version=1,
         severity=severity,
         key=f"card-{index % 4}",
+        key_fields={"card_id": f"card-{index % 4}"},
         fields=fields if fields is not None else {"amount": 2000 + index, "state": "NV"},
         sinks=("test",),
         shard_id="shardId-000000000000",
@@ -243,7 +244,7 @@ def test_sqs_fifo_sink_deduplicates_a_resent_alert_and_groups_by_key(
     )
     for message in received:
         body = json.loads(message["Body"])
-        assert message["Attributes"]["MessageGroupId"] == body["key"]
+        assert message["Attributes"]["MessageGroupId"] == body["key"]["card_id"]
         assert message["Attributes"]["MessageDeduplicationId"] == body["alert_id"]
 
 

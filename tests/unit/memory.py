@@ -20,6 +20,7 @@ class MemoryReader:
     shard_id: str
     batches: list[list[Record]]
     closed: bool = True  # the shard ends after its batches (a parent after a split)
+    restore_until: Position | None = None
     _finished: bool = False
 
     def next_batch(self) -> RecordBatch | None:
@@ -56,7 +57,12 @@ class MemorySource:
         return list(self.readers)
 
     def checkpoint(
-        self, shard_id: str, position: Position | None, *, shard_ended: bool = False
+        self,
+        shard_id: str,
+        position: Position | None,
+        *,
+        shard_ended: bool = False,
+        replay_from: Position | None = None,
     ) -> None:
         if self.fail_checkpoints is not None:
             raise self.fail_checkpoints

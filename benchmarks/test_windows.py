@@ -1,0 +1,86 @@
+"""Window rules on the hot path: µs/record for the shipped window rules and for each window kind,
+and the memory one active key costs (tracemalloc, printed in extra_info and on stdout)."""
+
+from __future__ import annotations
+
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamproc.processor import ShardProcessor
+from streamproc.records import Record
+from streamproc.ruleset import RuleSet, load_rules, window_rule
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = {
+    "tumble_1h_sum": "TUMBLE(event_time, INTERVAL '1' HOUR)",
+    "hop_1m_10m_count": "HOP(event_time, INTERVAL '1' MINUTE, INTERVAL '10' MINUTE)",
+    "session_30m_count": "SESSION(event_time, INTERVAL '30' MINUTE)",
+    "sliding_10m_count": "SLIDING(event_time, INTERVAL '10' MINUTE)",
+}
+
+
+def per_record(benchmark: Any, count: int) -> None:
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info["us_per_record"] = round(mean / count * 1e6, 3)
+    benchmark.extra_info["records_per_s"] = round(count / mean)
+
+
+def kind_rule(name: str, window: str) -> Any:
+    return window_rule(
+        name=name,
+        sql=f"SELECT card_id, COUNT(*) AS n, SUM(amount) AS total FROM transactions "
+        f"GROUP BY card_id, {window} HAVING COUNT(*) > 5",
+        emit="final" if "sliding" not in name else "early",
+    )
+
+
+def run_all(processor: ShardProcessor, batches: list[list[Record]]) -> int:
+    alerts = sum(len(processor.process(batch).alerts) for batch in batches)
+    return alerts + len(processor.flush_windows())
+
+
+def test_shipped_window_rules(benchmark: Any, batches: list[list[Record]]) -> None:
+    rules = load_rules([ROOT / "rules" / "velocity.py"])
+
+    def run() -> int:
+        return run_all(ShardProcessor(rules, default_sinks=("x",), shard_id="s"), batches)
+
+    assert benchmark(run) > 0
+    per_record(benchmark, sum(map(len, batches)))
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_window_kind(benchmark: Any, batches: list[list[Record]], kind: str) -> None:
+    rules = RuleSet((), window_rules=(kind_rule(kind, KINDS[kind]),))
+
+    def run() -> int:
+        return run_all(ShardProcessor(rules, default_sinks=("x",), shard_id="s"), batches)
+
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    per_record(benchmark, sum(map(len, batches)))
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_memory_per_active_key(benchmark: Any, batches: list[list[Record]], kind: str) -> None:
+    """Bytes of window state per active key after 100,000 records (50,000 cards)."""
+    rules = RuleSet((), window_rules=(kind_rule(kind, KINDS[kind]),))
+
+    def measure() -> tuple[int, int]:
+        processor = ShardProcessor(rules, default_sinks=("x",), shard_id="s")
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        for batch in batches:
+            processor.process(batch)
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+        keys, _items = processor.windows.operators[0].state_size()
+        return grown, keys
+
+    grown, keys = benchmark.pedantic(measure, rounds=1, iterations=1)
+    benchmark.extra_info["active_keys"] = keys
+    benchmark.extra_info["bytes_per_active_key"] = round(grown / max(keys, 1))
+    print(f"\n{kind}: {keys:,} active keys, {grown / max(keys, 1):,.0f} bytes per key")
