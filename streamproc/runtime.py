@@ -243,8 +243,13 @@ class Runtime:
                 shard.last_data_at = self.clock()
                 busy = True
             elif self._idle(shard):
-                self._close_idle_windows(shard)
+                self._close_windows(shard, "idle")
                 busy = True
+            if shard.reader.finished and shard.processor.holds_window_state():
+                # A closed shard (a parent after a reshard) gets no more records: its open
+                # windows close now, or they would be lost when the shard is checkpointed
+                # as ended. (A key's window that spans the split is thus split too.)
+                self._close_windows(shard, "ended")
             # Only after its last batch is processed (and has its ticket) may a shard end.
             shard.end_processed = shard.reader.finished
         return busy
@@ -257,13 +262,15 @@ class Runtime:
             and processor.holds_window_state()
         )
 
-    def _close_idle_windows(self, shard: _Shard) -> None:
+    def _close_windows(self, shard: _Shard, why: str) -> None:
         processor = shard.processor
-        alerts = processor.flush_windows()
-        log.info("shard %s idle: closed its windows (%d alerts)", processor.shard_id, len(alerts))
         end = processor.last_position or shard.settled
-        if end is None:
+        if end is None:  # no record was ever processed here: no window is open
             return
+        alerts = processor.flush_windows()
+        log.info(
+            "shard %s %s: closed its windows (%d alerts)", processor.shard_id, why, len(alerts)
+        )
         ticket = _Ticket(end=end, records=0, size=0, replay_from=processor.replay_from())
         self._route(shard, ticket, alerts)
         self._count_matches(alerts)

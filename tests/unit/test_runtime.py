@@ -142,3 +142,50 @@ def test_a_non_retryable_checkpoint_failure_stops_the_service() -> None:
     runtime = make(source, MemorySink(), MemoryDeadLetter())
     with pytest.raises(TransportError, match="table does not exist"):
         runtime.run(duration=5)
+
+
+def test_a_closed_shard_closes_its_open_windows_before_it_is_marked_ended() -> None:
+    """A parent shard after a reshard gets no more records: its open windows must close (and
+    their alerts be delivered) before the shard is checkpointed as ended, not vanish."""
+    from streamproc.ruleset import window_rule
+
+    daily = window_rule(
+        name="daily",
+        sql="SELECT card_id, COUNT(*) AS n FROM t GROUP BY card_id, "
+        "TUMBLE(event_time, INTERVAL '1' DAY) HAVING COUNT(*) >= 2",
+    )
+    batch = [
+        Record(
+            orjson.dumps(
+                {
+                    "tx_id": f"t{i}",
+                    "card_id": "c",
+                    "amount": 1,
+                    "event_time": f"2026-01-01T00:0{i}:00Z",
+                }
+            ),
+            "pk",
+            str(i + 1),
+            0,
+            0,
+            "s-0",
+        )
+        for i in range(3)
+    ]
+    reader = MemoryReader("s-0", [batch])
+    source = MemorySource([reader])
+    sink = MemorySink()
+    runtime = Runtime(
+        source,
+        lambda shard: ShardProcessor(
+            RuleSet((), window_rules=(daily,)), default_sinks=("memory",), shard_id=shard
+        ),
+        {"memory": sink},
+        MemoryDeadLetter(),
+        settings=RuntimeSettings(checkpoint_interval_s=0.0, idle_sleep_s=0.0, idle_close_s=1e9),
+    )
+    for _ in range(5):
+        runtime.run_once()
+    assert len(sink.delivered) == 1
+    assert runtime.totals.rule_matches == {"daily": 1}
+    assert source.checkpoints == {"s-0": (Position(3), True)}
