@@ -20,11 +20,12 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError, WaiterError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from streamproc.errors import ConfigError, TransportError
-from streamproc.interfaces import Checkpoint
+from streamproc.interfaces import Checkpoint, RestorePoint
 from streamproc.records import Position
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ _RETRYABLE_CODES = frozenset(
 _NOT_ENDED = "(attribute_not_exists(shard_ended) OR shard_ended = :false)"
 _ADVANCE = f"{_NOT_ENDED} AND (attribute_not_exists(position_key) OR position_key < :key)"
 _ADVANCE_AND_END = f"{_NOT_ENDED} AND (attribute_not_exists(position_key) OR position_key <= :key)"
+# With window state: also at the same position once more windows were closed (idle/end closes).
+_ADVANCE_OR_CLOSED = (
+    f"{_NOT_ENDED} AND (attribute_not_exists(position_key) OR position_key < :key"
+    " OR (position_key = :key AND (attribute_not_exists(closes) OR closes < :closes)))"
+)
 
 
 def position_key(position: Position) -> str:
@@ -100,15 +106,21 @@ class DynamoDbCheckpointStore:
             sub_sequence = int(item.get("sub_sequence_number", {"N": "0"})["N"])
             position = Position.of(item["sequence_number"]["S"], sub_sequence)
         ended = bool(item.get("shard_ended", {"BOOL": False})["BOOL"])
-        replay_from = None
-        if "replay_sequence_number" in item:
-            replay_from = Position.of(
-                item["replay_sequence_number"]["S"],
-                int(item.get("replay_sub_sequence_number", {"N": "0"})["N"]),
+        restore = None
+        if "closes" in item or "replay_sequence_number" in item:
+            replay_from = None
+            if "replay_sequence_number" in item:
+                replay_from = Position.of(
+                    item["replay_sequence_number"]["S"],
+                    int(item.get("replay_sub_sequence_number", {"N": "0"})["N"]),
+                )
+            closed = orjson.loads(item.get("closed_through", {"S": "{}"})["S"])
+            restore = RestorePoint(
+                replay_from=replay_from,
+                closed_through={str(k): int(v) for k, v in closed.items()},
+                closes=int(item.get("closes", {"N": "0"})["N"]),
             )
-        return Checkpoint(
-            shard_id=shard_id, position=position, shard_ended=ended, replay_from=replay_from
-        )
+        return Checkpoint(shard_id=shard_id, position=position, shard_ended=ended, restore=restore)
 
     def save(
         self,
@@ -117,9 +129,9 @@ class DynamoDbCheckpointStore:
         position: Position | None,
         *,
         shard_ended: bool = False,
-        replay_from: Position | None = None,
+        restore: RestorePoint | None = None,
     ) -> None:
-        self.try_save(stream, shard_id, position, shard_ended=shard_ended, replay_from=replay_from)
+        self.try_save(stream, shard_id, position, shard_ended=shard_ended, restore=restore)
 
     def try_save(
         self,
@@ -128,7 +140,7 @@ class DynamoDbCheckpointStore:
         position: Position | None,
         *,
         shard_ended: bool = False,
-        replay_from: Position | None = None,
+        restore: RestorePoint | None = None,
     ) -> bool:
         """Like :meth:`save`; returns False when the condition refused the write."""
         now = datetime.now(UTC).isoformat()
@@ -153,12 +165,28 @@ class DynamoDbCheckpointStore:
                     ":ended": {"BOOL": shard_ended},
                 }
             )
-            if replay_from is not None and not shard_ended:
-                update += ", replay_sequence_number = :rseq, replay_sub_sequence_number = :rsub"
-                values[":rseq"] = {"S": replay_from.sequence}
-                values[":rsub"] = {"N": str(replay_from.sub_sequence_number)}
+            removed = []
+            if restore is not None and not shard_ended:
+                update += ", closed_through = :closed, closes = :closes"
+                values[":closed"] = {"S": orjson.dumps(dict(restore.closed_through)).decode()}
+                values[":closes"] = {"N": str(restore.closes)}
+                # The same position may be saved again after a window close (closes grew).
+                condition = _ADVANCE_OR_CLOSED
+                if restore.replay_from is not None:
+                    update += ", replay_sequence_number = :rseq, replay_sub_sequence_number = :rsub"
+                    values[":rseq"] = {"S": restore.replay_from.sequence}
+                    values[":rsub"] = {"N": str(restore.replay_from.sub_sequence_number)}
+                else:
+                    removed = ["replay_sequence_number", "replay_sub_sequence_number"]
             else:
-                update += " REMOVE replay_sequence_number, replay_sub_sequence_number"
+                removed = [
+                    "replay_sequence_number",
+                    "replay_sub_sequence_number",
+                    "closed_through",
+                    "closes",
+                ]
+            if removed:
+                update += " REMOVE " + ", ".join(removed)
         try:
             self._client.update_item(
                 TableName=self._table,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
@@ -28,7 +28,7 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from connectors.kpl import deaggregate, has_kpl_header
 from streamproc.errors import ConfigError, TransportError
-from streamproc.interfaces import CheckpointStore, ShardReader
+from streamproc.interfaces import CheckpointStore, RestorePoint, ShardReader
 from streamproc.records import Position, Record, RecordBatch
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ class KinesisShardReader:
         self.shard_id = shard_id
         self.start = start
         self.restore_until: Position | None = None
+        self.restore_closed_through: Mapping[str, int] = {}
         self._where = f"stream {stream!r} shard {shard_id}"
         self._client = client
         self._stream = stream
@@ -334,7 +335,8 @@ class KinesisPollerSource:
                 continue  # a parent still has records to be processed first
             resume_after = checkpoint.position if checkpoint is not None else None
             restore_until = None
-            replay_from = checkpoint.replay_from if checkpoint is not None else None
+            restore = checkpoint.restore if checkpoint is not None else None
+            replay_from = restore.replay_from if restore is not None else None
             if resume_after is not None and replay_from is not None and replay_from <= resume_after:
                 # Rebuild window state: read again from the oldest record it holds (inclusive:
                 # "done through" the position just before it), up to the checkpoint.
@@ -366,6 +368,8 @@ class KinesisPollerSource:
                 clock=self._clock,
             )
             reader.restore_until = restore_until
+            if restore is not None and restore_until is not None:
+                reader.restore_closed_through = dict(restore.closed_through)
             self._readers[shard_id] = reader
             new.append(reader)
             logger.info("shard %s/%s assigned: %s", self._stream, shard_id, resume_after or start)
@@ -377,10 +381,10 @@ class KinesisPollerSource:
         position: Position | None,
         *,
         shard_ended: bool = False,
-        replay_from: Position | None = None,
+        restore: RestorePoint | None = None,
     ) -> None:
         self._checkpoints.save(
-            self._stream, shard_id, position, shard_ended=shard_ended, replay_from=replay_from
+            self._stream, shard_id, position, shard_ended=shard_ended, restore=restore
         )
 
     def close(self) -> None:

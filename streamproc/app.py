@@ -82,6 +82,7 @@ def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: b
             limits=limits,
             default_sinks=default_sinks,
             shard_id=shard_id,
+            max_event_time_skew_ms=int(config.rules.max_event_time_skew_s * 1000),
         )
 
     check_rule_sinks(processor_factory("-"), sinks)

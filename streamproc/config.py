@@ -61,6 +61,9 @@ class RulesConfig:
     # shard + sequence number (stable across replays of the same stream, not across streams).
     identity_field: str = "tx_id"
     event_time_field: str = "event_time"
+    # Window rules refuse (dead-letter) a record whose event time is more than this far ahead
+    # of its arrival time: one such record would otherwise move the watermark into the future.
+    max_event_time_skew_s: float = field(default=3600.0, metadata=_range(0.0, 10 * 365 * 86400))
 
 
 @dataclass(frozen=True)

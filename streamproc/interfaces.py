@@ -6,8 +6,8 @@ The runtime loop (``streamproc.runtime``) owns all I/O and drives these. Impleme
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from streamproc.records import Alert, DeadLetter, Position, RecordBatch
@@ -101,6 +101,8 @@ class ShardReader(Protocol):
     # Records at or before this position were processed (and their alerts delivered) by an
     # earlier run; they are read again only to rebuild window state. None: nothing to rebuild.
     restore_until: Position | None
+    # Watermarks of idle/end closes to re-apply once the rebuild reaches restore_until.
+    restore_closed_through: Mapping[str, int]
 
     def next_batch(self) -> RecordBatch | None: ...
 
@@ -129,25 +131,40 @@ class Source(Protocol):
         position: Position | None,
         *,
         shard_ended: bool = False,
-        replay_from: Position | None = None,
+        restore: RestorePoint | None = None,
     ) -> None: ...
 
     def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """A stored checkpoint: the last position fully processed, or the shard's end.
+class RestorePoint:
+    """What a restart needs to rebuild a shard's window state exactly as it was at a checkpoint.
 
-    ``replay_from`` is the oldest record still contributing to window state at ``position``:
-    a restart reads from there, rebuilding window state from records up to ``position`` without
-    emitting anything for them, then carries on normally. None: no window state to rebuild.
+    - ``replay_from``: the oldest record still contributing to window state (moved back to the
+      record that last raised the watermark). A restart reads from there, feeding records up to
+      the checkpoint to the windows only (no alerts, no dead letters), then carries on.
+    - ``closed_through``: per window rule, the watermark its windows were closed through by an
+      idle or end-of-shard close (wall-clock events that replaying records cannot reproduce);
+      applied, silently, once the replay reaches the checkpoint.
+    - ``closes``: how many such closes happened; it only grows, so a checkpoint at an unchanged
+      position can still be updated after a close.
     """
+
+    replay_from: Position | None
+    closed_through: Mapping[str, int] = field(default_factory=dict)
+    closes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A stored checkpoint: the last position fully processed, or the shard's end, and (for
+    shards with window rules) the :class:`RestorePoint` to rebuild window state from."""
 
     shard_id: str
     position: Position | None
     shard_ended: bool = False
-    replay_from: Position | None = None
+    restore: RestorePoint | None = None
 
 
 class CheckpointStore(Protocol):
@@ -166,5 +183,5 @@ class CheckpointStore(Protocol):
         position: Position | None,
         *,
         shard_ended: bool = False,
-        replay_from: Position | None = None,
+        restore: RestorePoint | None = None,
     ) -> None: ...

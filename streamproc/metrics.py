@@ -24,6 +24,8 @@ MetricName = Literal[
     "streamproc_millis_behind_latest",
     "streamproc_pending_deliveries",
     "streamproc_late_events_total",
+    "streamproc_records_restored_total",
+    "streamproc_window_keys",
 ]
 
 
@@ -37,6 +39,7 @@ class Totals:
     checkpoints: int = 0
     checkpoint_failures: int = 0
     late_events: int = 0
+    records_restored: int = 0
     # Set by Runtime.drain: what a stop left undone (0 / False after a clean stop).
     undecided_at_stop: int = 0
     checkpoint_failed_at_stop: bool = False
@@ -115,6 +118,18 @@ class Metrics:
             _n("streamproc_late_events_total"),
             "Events behind a window rule's watermark (dead-lettered or corrected, per the rule)",
             ["rule"],
+            registry=r,
+        )
+        self.records_restored = Counter(
+            _n("streamproc_records_restored_total"),
+            "Records read again after a restart only to rebuild window state",
+            ["shard"],
+            registry=r,
+        )
+        self.window_keys = Gauge(
+            _n("streamproc_window_keys"),
+            "Keys holding window state, per shard and window rule (memory grows with these)",
+            ["shard", "rule"],
             registry=r,
         )
         self.pending_deliveries = Gauge(

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from streamproc.errors import MissingFieldError
+from streamproc.interfaces import RestorePoint
 from streamproc.records import Alert, DeadLetter, Position, Record, make_alert_id
 from streamproc.ruleset import RuleSet
 from streamproc.windowing import WindowSet
@@ -100,6 +101,7 @@ class ShardProcessor:
         limits: DecodeLimits | None = None,
         default_sinks: Sequence[str] = (),
         shard_id: str = "",
+        max_event_time_skew_ms: int | None = 3_600_000,
     ) -> None:
         self.ruleset = ruleset
         self.shard_id = shard_id
@@ -109,15 +111,40 @@ class ShardProcessor:
         self.default_sinks = tuple(default_sinks)
         # Resolve per-rule constants once, so the loop below only does per-record work.
         self._plan = [(r, r.condition, r.sinks or self.default_sinks) for r in ruleset.rules]
-        self.windows = WindowSet(ruleset.window_rules, self.default_sinks)
+        self.windows = WindowSet(
+            ruleset.window_rules,
+            self.default_sinks,
+            max_event_time_skew_ms=max_event_time_skew_ms,
+        )
         self._has_windows = bool(ruleset.window_rules)
         self.last_position: Position | None = None
+        self._restore_until: Position | None = None
+        self._restore_point: RestorePoint | None = None
 
-    def process(
-        self, records: Sequence[Record], *, restore_until: Position | None = None
-    ) -> ProcessResult:
-        """Evaluate a batch. Records at or before ``restore_until`` were fully processed by an
-        earlier run: they only rebuild window state (no alerts, no dead letters)."""
+    def begin_restore(self, until: Position, restore: RestorePoint) -> None:
+        """Records at or before ``until`` were fully processed by an earlier run: rebuild window
+        state from them (no alerts, no dead letters), then re-apply ``restore``'s closes."""
+        self._restore_until = until
+        self._restore_point = restore
+
+    def restore_point(self) -> RestorePoint | None:
+        """What a checkpoint taken now must store to rebuild this shard's window state."""
+        if not self._has_windows:
+            return None
+        windows = self.windows
+        return RestorePoint(
+            windows.oldest_position(), dict(windows.closed_through), windows.closed_at_ms
+        )
+
+    def _finish_restore(self) -> None:
+        point = self._restore_point
+        if point is not None and self._has_windows:
+            self.windows.apply_closed_through(point.closed_through, point.closes)
+        self._restore_until = None
+        self._restore_point = None
+
+    def process(self, records: Sequence[Record]) -> ProcessResult:
+        """Evaluate a batch (see :meth:`begin_restore` for records an earlier run processed)."""
         result = ProcessResult(matches=[0] * len(self._plan))
         alerts = result.alerts
         dead = result.dead_letters
@@ -128,7 +155,12 @@ class ShardProcessor:
         windows = self.windows if self._has_windows else None
         rejected: list[tuple[str, str]] = []
         for record in records:
-            restoring = restore_until is not None and record.position <= restore_until
+            restoring = False
+            if self._restore_until is not None:
+                if record.position <= self._restore_until:
+                    restoring = True
+                else:  # the replay is complete (its last record may have been trimmed)
+                    self._finish_restore()
             try:
                 doc = decode(record.data, limits)
             except Exception as exc:  # a decoder failure we did not foresee is still bad data
@@ -136,6 +168,8 @@ class ShardProcessor:
             if isinstance(doc, str):
                 if not restoring:
                     dead.append(_record_dead_letter(record, doc))
+                elif record.position == self._restore_until:
+                    self._finish_restore()
                 continue
             if restoring:
                 result.restored += 1
@@ -144,6 +178,8 @@ class ShardProcessor:
                         doc, record, _identity(doc, identity_field, record), None, rejected
                     )
                     rejected.clear()
+                if record.position == self._restore_until:
+                    self._finish_restore()
                 continue
             result.decoded += 1
             identity: str | None = None

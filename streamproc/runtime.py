@@ -31,6 +31,7 @@ from streamproc.interfaces import (
     DeadLetterDestination,
     Delivery,
     Outcome,
+    RestorePoint,
     ShardReader,
     Sink,
     Source,
@@ -67,8 +68,8 @@ class _Ticket:
     records: int
     size: int  # bytes of the batch's records: memory held until the batch is settled
     pending: int = 0
-    # Oldest record still in window state once this batch was processed (see Checkpoint).
-    replay_from: Position | None = None
+    # What rebuilds the shard's window state as of this batch (see RestorePoint).
+    restore: RestorePoint | None = None
 
 
 @dataclass(slots=True)
@@ -77,7 +78,8 @@ class _Shard:
     processor: ShardProcessor
     tickets: deque[_Ticket] = field(default_factory=deque)
     settled: Position | None = None  # everything up to here is decided
-    settled_replay_from: Position | None = None
+    settled_restore: RestorePoint | None = None
+    checkpointed_closes: int = 0
     last_data_at: float = 0.0  # clock of the last batch with records (idle window close)
     late_reported: list[int] = field(default_factory=list)
     checkpointed: Position | None = None
@@ -217,6 +219,11 @@ class Runtime:
                 continue
             log.info("reading shard %s", reader.shard_id)
             shard = _Shard(reader, self.processor_factory(reader.shard_id))
+            if reader.restore_until is not None:
+                shard.processor.begin_restore(
+                    reader.restore_until,
+                    RestorePoint(None, dict(reader.restore_closed_through), 0),
+                )
             shard.last_data_at = self.clock()
             shard.late_reported = [0] * len(shard.processor.windows.rules)
             self._shards[reader.shard_id] = shard
@@ -271,7 +278,7 @@ class Runtime:
         log.info(
             "shard %s %s: closed its windows (%d alerts)", processor.shard_id, why, len(alerts)
         )
-        ticket = _Ticket(end=end, records=0, size=0, replay_from=processor.replay_from())
+        ticket = _Ticket(end=end, records=0, size=0, restore=processor.restore_point())
         self._route(shard, ticket, alerts)
         self._count_matches(alerts)
         shard.tickets.append(ticket)
@@ -279,12 +286,12 @@ class Runtime:
 
     def _process(self, shard: _Shard, batch: RecordBatch) -> None:
         processor = shard.processor
-        result = processor.process(batch.records, restore_until=shard.reader.restore_until)
+        result = processor.process(batch.records)
         last = batch.records[-1]
         size = sum(len(r.data) for r in batch.records)
         ticket = _Ticket(end=last.position, records=len(batch.records), size=size)
         if processor.has_windows:
-            ticket.replay_from = processor.replay_from()
+            ticket.restore = processor.restore_point()
             late = processor.windows.late_events
             for index, count in enumerate(late):
                 if count != shard.late_reported[index]:
@@ -292,6 +299,9 @@ class Runtime:
                     self.metrics.late_events.labels(name).inc(count - shard.late_reported[index])
                     self.totals.late_events += count - shard.late_reported[index]
                     shard.late_reported[index] = count
+        if result.restored:
+            self.totals.records_restored += result.restored
+            self.metrics.records_restored.labels(batch.shard_id).inc(result.restored)
         self._route(shard, ticket, result.alerts)
         self._count_matches(result.alerts)
         if result.dead_letters:
@@ -396,6 +406,12 @@ class Runtime:
                 busy = True
         return busy
 
+    def _export_window_state(self, shard_id: str, shard: _Shard) -> None:
+        """Window memory as a gauge (O(keys): done at checkpoint time, not per batch)."""
+        if shard.processor.has_windows:
+            for rule, keys in _window_keys(shard):
+                self.metrics.window_keys.labels(shard_id, rule).set(keys)
+
     def _settle_and_checkpoint(self, *, force: bool) -> bool:
         """Advance settled positions; write due checkpoints. False if a checkpoint write failed.
 
@@ -408,7 +424,7 @@ class Runtime:
             while shard.tickets and shard.tickets[0].pending == 0:
                 ticket = shard.tickets.popleft()
                 shard.settled = ticket.end
-                shard.settled_replay_from = ticket.replay_from
+                shard.settled_restore = ticket.restore
                 shard.inflight_records -= ticket.records
                 shard.inflight_bytes -= ticket.size
                 shard.settled_since_checkpoint += ticket.records
@@ -418,13 +434,15 @@ class Runtime:
                 or ended
                 or now - shard.last_checkpoint_at >= self.settings.checkpoint_interval_s
             )
-            if due and (shard.settled != shard.checkpointed or ended):
+            closes = shard.settled_restore.closes if shard.settled_restore is not None else 0
+            closed = closes != shard.checkpointed_closes  # windows were closed since (idle/end)
+            if due and (shard.settled != shard.checkpointed or ended or closed):
                 try:
                     self.source.checkpoint(
                         shard_id,
                         shard.settled,
                         shard_ended=ended,
-                        replay_from=None if ended else shard.settled_replay_from,
+                        restore=None if ended else shard.settled_restore,
                     )
                 except TransportError as exc:
                     self.metrics.checkpoint_failures.labels(shard_id).inc()
@@ -436,6 +454,8 @@ class Runtime:
                     ended = False
                 else:
                     shard.checkpointed = shard.settled
+                    shard.checkpointed_closes = closes
+                    self._export_window_state(shard_id, shard)
                     shard.last_checkpoint_at = now
                     shard.settled_since_checkpoint = 0
                     self.totals.checkpoints += 1
@@ -450,6 +470,13 @@ class Runtime:
                 self.totals.shards_ended += 1
                 self.totals.shards_active = len(self._shards)
         return all_written
+
+
+def _window_keys(shard: _Shard) -> list[tuple[str, int]]:
+    windows = shard.processor.windows
+    return [
+        (r.name, op.state_size()[0]) for r, op in zip(windows.rules, windows.operators, strict=True)
+    ]
 
 
 def _failures(sink: Sink) -> int:

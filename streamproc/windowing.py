@@ -8,6 +8,7 @@ so a replayed window gives the same alert id and idempotent sinks absorb it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -30,14 +31,28 @@ def iso(ms: int) -> str:
 class WindowSet:
     """The window operators of one shard, with what turns their results into alerts."""
 
-    def __init__(self, rules: Sequence[WindowRule], default_sinks: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        rules: Sequence[WindowRule],
+        default_sinks: tuple[str, ...],
+        *,
+        max_event_time_skew_ms: int | None = 3_600_000,
+    ) -> None:
         self.rules = tuple(rules)
+        # An event time far ahead of its arrival time would push the watermark into the future
+        # and make every later event late: such records are refused (dead letter) first.
+        self.max_skew_ms = max_event_time_skew_ms
         self.operators = [WindowOperator(rule) for rule in self.rules]
         self._time_getters = [
             None if r.time_field is None else field_getter(r.time_field) for r in self.rules
         ]
         self._sinks = [r.sinks or default_sinks for r in self.rules]
         self.late_events = [0] * len(self.rules)
+        # Watermarks set by flushes (idle or end-of-shard closes), per rule, and the wall-clock
+        # time of the latest close: replaying records cannot reproduce these, so they are
+        # checkpointed (RestorePoint) and re-applied after a restart's replay.
+        self.closed_through: dict[str, int] = {}
+        self.closed_at_ms = 0
 
     def on_record(
         self,
@@ -59,11 +74,21 @@ class WindowSet:
             getter = self._time_getters[index]
             try:
                 event_ms = record.arrival_ms if getter is None else parse_event_time(getter(doc))
+                if (
+                    self.max_skew_ms is not None
+                    and record.arrival_ms
+                    and event_ms > record.arrival_ms + self.max_skew_ms
+                ):
+                    raise RecordError(
+                        f"event time {iso(event_ms)} is more than {self.max_skew_ms // 1000} s "
+                        f"ahead of the record's arrival time {iso(record.arrival_ms)}"
+                    )
                 results = operator.on_event(
                     doc, event_time_ms=event_ms, position=position, identity=identity
                 )
             except LateEvent as exc:
-                self.late_events[index] += 1
+                if alerts is not None:  # not while restoring: it was counted the first time
+                    self.late_events[index] += 1
                 rejected.append((rule.name, exc.reason))
                 continue
             except RecordError as exc:
@@ -79,7 +104,20 @@ class WindowSet:
             results = operator.flush()
             if results:
                 self.add_alerts(index, results, shard_id, last, alerts)
+            if operator.watermark_ms is not None:
+                self.closed_through[self.rules[index].name] = operator.watermark_ms
+        self.closed_at_ms = max(self.closed_at_ms + 1, time.time_ns() // 1_000_000)
         return alerts
+
+    def apply_closed_through(self, closed_through: Mapping[str, int], closed_at_ms: int) -> None:
+        """After a restart's replay: close what idle/end closes had closed, emitting nothing
+        (those alerts were delivered before the checkpoint that recorded the close)."""
+        for index, operator in enumerate(self.operators):
+            watermark = closed_through.get(self.rules[index].name)
+            if watermark is not None:
+                operator.advance_to(watermark)  # results dropped on purpose
+                self.closed_through[self.rules[index].name] = watermark
+        self.closed_at_ms = max(self.closed_at_ms, closed_at_ms)
 
     def holds_state(self) -> bool:
         """Whether any window (or per-event history) is open: something an idle close emits."""
@@ -108,10 +146,14 @@ class WindowSet:
         for result in results:
             key_fields = dict(zip(rule.group_by, result.key, strict=True))
             key_json = orjson.dumps(list(result.key), option=orjson.OPT_NON_STR_KEYS).decode()
+            # Window state is per shard: a key whose records span shards (group-by fields that do
+            # not determine the partition key, or a reshard) yields one partial result per
+            # shard, and each must keep its own id rather than be taken for a duplicate.
             if per_event:
-                identity = f"key={key_json}|event={result.trigger_identity}"
+                identity = f"shard={shard_id}|key={key_json}|event={result.trigger_identity}"
             else:
-                identity = f"key={key_json}|window={result.window_start_ms}-{result.window_end_ms}"
+                window = f"{result.window_start_ms}-{result.window_end_ms}"
+                identity = f"shard={shard_id}|key={key_json}|window={window}"
             if result.correction:
                 identity += f"|correction={result.trigger_identity}"
             where = result.trigger or fallback or Position(0)

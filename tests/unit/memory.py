@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from streamproc.errors import TransportError
-from streamproc.interfaces import Delivery, Outcome
+from streamproc.interfaces import Delivery, Outcome, RestorePoint
 from streamproc.records import DeadLetter, Position, Record, RecordBatch
 
 
@@ -21,6 +21,7 @@ class MemoryReader:
     batches: list[list[Record]]
     closed: bool = True  # the shard ends after its batches (a parent after a split)
     restore_until: Position | None = None
+    restore_closed_through: dict[str, int] = field(default_factory=dict)
     _finished: bool = False
 
     def next_batch(self) -> RecordBatch | None:
@@ -62,7 +63,7 @@ class MemorySource:
         position: Position | None,
         *,
         shard_ended: bool = False,
-        replay_from: Position | None = None,
+        restore: RestorePoint | None = None,
     ) -> None:
         if self.fail_checkpoints is not None:
             raise self.fail_checkpoints

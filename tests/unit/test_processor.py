@@ -137,3 +137,31 @@ def test_decode_limits_are_inclusive() -> None:
     assert isinstance(decode(b'{"a":12345}', limits), str)
     assert decode(b'{"a":[1]}', limits) == {"a": [1]}  # depth 2
     assert isinstance(decode(b'{"a":[[]]}', limits), str)
+
+
+def test_an_event_time_far_ahead_of_arrival_is_refused_and_does_not_block_the_shard() -> None:
+    from streamproc.ruleset import window_rule
+
+    hourly = window_rule(
+        name="hourly",
+        sql="SELECT card_id, COUNT(*) AS n FROM t GROUP BY card_id, "
+        "TUMBLE(event_time, INTERVAL '1' HOUR)",
+    )
+    arrival = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    processor = ShardProcessor(RuleSet((), window_rules=(hourly,)), shard_id="s")
+
+    def rec(seq: int, when: str) -> Record:
+        data = orjson.dumps({"tx_id": f"t{seq}", "card_id": "c", "event_time": when})
+        return Record(data, "pk", str(seq), 0, arrival, "s")
+
+    result = processor.process(
+        [
+            rec(1, "2099-01-01T00:00:00Z"),
+            rec(2, "2026-01-01T00:00:00Z"),
+            rec(3, "2026-01-01T00:10:00Z"),
+        ]
+    )
+    (letter,) = result.dead_letters
+    assert letter.sequence_number == "1"
+    assert "ahead of the record's arrival time" in letter.reason
+    assert processor.windows.operators[0].state_size() == (1, 1)  # records 2 and 3 counted
