@@ -80,6 +80,10 @@ class _Shard:
     settled: Position | None = None  # everything up to here is decided
     settled_restore: RestorePoint | None = None
     checkpointed_closes: int = 0
+    # The restore point costs O(keys) to compute, so batches reuse one for up to a second. An
+    # older one is safe: replay_from only moves forward, so an older one replays a little more.
+    restore_cache: RestorePoint | None = None
+    restore_cached_at: float = float("-inf")
     last_data_at: float = 0.0  # clock of the last batch with records (idle window close)
     late_reported: list[int] = field(default_factory=list)
     checkpointed: Position | None = None
@@ -278,7 +282,9 @@ class Runtime:
         log.info(
             "shard %s %s: closed its windows (%d alerts)", processor.shard_id, why, len(alerts)
         )
-        ticket = _Ticket(end=end, records=0, size=0, restore=processor.restore_point())
+        shard.restore_cache = processor.restore_point()  # a close changes it: refresh now
+        shard.restore_cached_at = self.clock()
+        ticket = _Ticket(end=end, records=0, size=0, restore=shard.restore_cache)
         self._route(shard, ticket, alerts)
         self._count_matches(alerts)
         shard.tickets.append(ticket)
@@ -291,7 +297,11 @@ class Runtime:
         size = sum(len(r.data) for r in batch.records)
         ticket = _Ticket(end=last.position, records=len(batch.records), size=size)
         if processor.has_windows:
-            ticket.restore = processor.restore_point()
+            now = self.clock()
+            if shard.restore_cache is None or now - shard.restore_cached_at >= 1.0:
+                shard.restore_cache = processor.restore_point()
+                shard.restore_cached_at = now
+            ticket.restore = shard.restore_cache
             late = processor.windows.late_events
             for index, count in enumerate(late):
                 if count != shard.late_reported[index]:
