@@ -137,8 +137,9 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     enabled: bool = True
-    # 127.0.0.1 by default. To be scraped from outside the task set 0.0.0.0: in ECS awsvpc mode
-    # that exposes the port on the task's network interface; restrict it with the security group.
+    # Loopback by default. To be scraped from outside an ECS task, set the wildcard address
+    # (see deploy/README.md): in awsvpc mode that exposes the port on the task's network
+    # interface, so restrict it with the task's security group.
     host: str = "127.0.0.1"
     port: int = field(default=9108, metadata=_range(0, 65_535))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,14 +17,14 @@ import orjson
 from streamproc.errors import RecordError
 from streamproc.records import Alert, Position, Record, make_alert_id
 from streamproc.sql_runtime import field_getter
-from streamproc.windows import LateEvent, WindowOperator, WindowResult, parse_event_time
+from streamproc.windows import (
+    LateEvent,
+    WindowOperator,
+    WindowResult,
+    format_event_time,
+    parse_event_time,
+)
 from streamproc.windowspec import Sliding, WindowRule
-
-
-def iso(ms: int) -> str:
-    """Epoch milliseconds as ISO-8601 UTC with a Z and millisecond precision."""
-    text = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
-    return text.replace("+00:00", "Z")
 
 
 class WindowSet:
@@ -79,9 +78,11 @@ class WindowSet:
                     and record.arrival_ms
                     and event_ms > record.arrival_ms + self.max_skew_ms
                 ):
+                    event_text = format_event_time(event_ms)
+                    arrival_text = format_event_time(record.arrival_ms)
                     raise RecordError(
-                        f"event time {iso(event_ms)} is more than {self.max_skew_ms // 1000} s "
-                        f"ahead of the record's arrival time {iso(record.arrival_ms)}"
+                        f"event time {event_text} is more than {self.max_skew_ms // 1000} s "
+                        f"ahead of the record's arrival time {arrival_text}"
                     )
                 results = operator.on_event(
                     doc, event_time_ms=event_ms, position=position, identity=identity
@@ -169,10 +170,10 @@ class WindowSet:
                     shard_id=shard_id,
                     sequence_number=where.sequence,
                     sub_sequence_number=max(where.sub_sequence_number, 0),
-                    event_time=iso(result.event_time_ms),
+                    event_time=format_event_time(result.event_time_ms),
                     key_fields=key_fields or None,
-                    window_start=iso(result.window_start_ms),
-                    window_end=iso(result.window_end_ms),
+                    window_start=format_event_time(result.window_start_ms),
+                    window_end=format_event_time(result.window_end_ms),
                     correction=result.correction,
                 )
             )
