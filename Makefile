@@ -9,10 +9,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # kinesis-mock (npm kinesis-local, pinned in its package-lock.json) for resharding tests.
 KINESIS_MOCK := tools/kinesis-mock/node_modules/.installed
+# The KCL MultiLangDaemon's jars (amazon-kclpy 3.1.3's pinned list), resolved with Maven.
+KCL_JARS := .cache/kcl-jars/3.1.3/.complete
 RUN_SECONDS ?= 45
 PYTEST_ARGS ?=
 
-.PHONY: run test check lint format typecheck bench clean
+.PHONY: kcl-jars run test check lint format typecheck bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +26,16 @@ $(KINESIS_MOCK): tools/kinesis-mock/package.json tools/kinesis-mock/package-lock
 	npm ci --prefix tools/kinesis-mock --no-audit --no-fund --loglevel=error
 	touch $(KINESIS_MOCK)
 
+$(KCL_JARS): tools/kcl/kcl-3.1.3/pom.xml tools/kcl/fetch-jars
+	tools/kcl/fetch-jars
+	touch $(KCL_JARS)
+
+kcl-jars: $(KCL_JARS)
+
 run: $(STAMP)
 	$(BIN)/streamproc run --local --duration $(RUN_SECONDS)
 
-test: $(STAMP) $(KINESIS_MOCK)
+test: $(STAMP) $(KINESIS_MOCK) $(KCL_JARS)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

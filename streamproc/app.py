@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,21 +43,31 @@ class App:
         return [r.name for r in self.ruleset.rules]
 
 
-def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: bool = True) -> App:
-    """Everything ``streamproc run`` needs, validated before any record is read.
+@dataclass
+class Parts:
+    """What every source shares: rules, sinks, dead letters, settings, a client factory."""
 
-    Rule errors raise ``RuleCompileError``; a rule naming a sink that is not enabled raises
-    ``ConfigError``. Creating clients does no I/O, so an unreachable endpoint shows up on the
-    first read (as a retried transport error), not here.
-    """
+    ruleset: RuleSet
+    sinks: dict[str, Sink]
+    dead_letter: DeadLetterDestination
+    processor_factory: Callable[[str], ShardProcessor]
+    settings: RuntimeSettings
+    client: Callable[..., Any]
+
+
+def build_parts(config: StreamprocConfig, *, local: bool = False) -> Parts:
+    """Rules, sinks and the rest, validated; no I/O (see :func:`build_app`)."""
     ruleset = load_rules(config.rules.paths)
     credentials: dict[str, Any] = dict(LOCAL_CREDENTIALS) if local else {}
 
     def client(service: str, **kw: Any) -> Any:
+        endpoint = config.aws.endpoint_url
+        if service == "kinesis" and config.aws.kinesis_endpoint_url:
+            endpoint = config.aws.kinesis_endpoint_url
         return make_client(
             service,
             region=config.aws.region,
-            endpoint_url=config.aws.endpoint_url,
+            endpoint_url=endpoint,
             **credentials,
             **kw,
         )
@@ -86,20 +97,6 @@ def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: b
         )
 
     check_rule_sinks(processor_factory("-"), sinks)
-    source = KinesisPollerSource(
-        # The reader backs off itself without blocking the loop; botocore's retries would sleep.
-        client("kinesis", config=Config(retries={"mode": "standard", "total_max_attempts": 1})),
-        stream=config.source.stream,
-        # Checkpoint writes run inside the loop: fail fast (the runtime retries on a later turn)
-        # rather than block every shard through botocore's retries during a DynamoDB outage.
-        checkpoints=DynamoDbCheckpointStore(
-            client("dynamodb", config=_CHECKPOINT_CLIENT), config.source.checkpoint_table
-        ),
-        start_position=config.source.start_position,
-        start_timestamp=config.source.start_timestamp,
-        max_records_per_call=config.source.max_records_per_call,
-        min_call_interval=config.source.poll_interval_ms / 1000,
-    )
     settings = RuntimeSettings(
         max_inflight_records=config.limits.max_inflight_records,
         max_inflight_bytes=config.limits.max_inflight_bytes,
@@ -109,14 +106,50 @@ def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: b
         drain_timeout_s=config.runtime.drain_timeout_s,
         idle_close_s=config.runtime.idle_close_s,
     )
+    return Parts(ruleset, sinks, dead_letter, processor_factory, settings, client)
+
+
+def checkpoint_store(config: StreamprocConfig, parts: Parts) -> DynamoDbCheckpointStore:
+    # Checkpoint writes run inside the loop: fail fast (the runtime retries on a later turn)
+    # rather than block every shard through botocore's retries during a DynamoDB outage.
+    return DynamoDbCheckpointStore(
+        parts.client("dynamodb", config=_CHECKPOINT_CLIENT), config.source.checkpoint_table
+    )
+
+
+def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: bool = True) -> App:
+    """Everything ``streamproc run`` needs, validated before any record is read.
+
+    Rule errors raise ``RuleCompileError``; a rule naming a sink that is not enabled raises
+    ``ConfigError``. Creating clients does no I/O, so an unreachable endpoint shows up on the
+    first read (as a retried transport error), not here.
+    """
+    parts = build_parts(config, local=local)
+    source = KinesisPollerSource(
+        # The reader backs off itself without blocking the loop; botocore's retries would sleep.
+        parts.client(
+            "kinesis", config=Config(retries={"mode": "standard", "total_max_attempts": 1})
+        ),
+        stream=config.source.stream,
+        checkpoints=checkpoint_store(config, parts),
+        start_position=config.source.start_position,
+        start_timestamp=config.source.start_timestamp,
+        max_records_per_call=config.source.max_records_per_call,
+        min_call_interval=config.source.poll_interval_ms / 1000,
+    )
     metrics = Metrics()
     metrics_url = None
     if config.metrics.enabled and serve_metrics:
         metrics_url = _serve_metrics(metrics, config, local=local)
     runtime = Runtime(
-        source, processor_factory, sinks, dead_letter, settings=settings, metrics=metrics
+        source,
+        parts.processor_factory,
+        parts.sinks,
+        parts.dead_letter,
+        settings=parts.settings,
+        metrics=metrics,
     )
-    return App(runtime=runtime, ruleset=ruleset, metrics_url=metrics_url)
+    return App(runtime=runtime, ruleset=parts.ruleset, metrics_url=metrics_url)
 
 
 def build_sinks(config: Config, client: Any, dead_letter: DeadLetterDestination) -> dict[str, Sink]:

@@ -29,6 +29,7 @@ EPILOG = """
 examples:
   streamproc run --local --duration 60      emulated AWS, demo transactions, live alerts
   streamproc run --config streamproc.toml   production: real AWS, settings from the file
+  streamproc kcl --config streamproc.toml   production, scaled out: the KCL daemon, leases
   streamproc produce --stream transactions --endpoint-url http://127.0.0.1:5000 --count 1000
   streamproc rules list rules/
   streamproc replay --rules rules/ --events sample.jsonl --output alerts.jsonl
@@ -110,6 +111,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no live summary, only the totals")
     run.set_defaults(handler=cmd_run)
+
+    kcl = commands.add_parser(
+        "kcl",
+        help="production source: run the KCL MultiLangDaemon with our rules in each shard",
+        description="Run the Kinesis Client Library's MultiLangDaemon (Java) with streamproc as "
+        "its per-shard record processor. Every task started with the same kcl.application_name "
+        "shares the shards through the KCL lease table in DynamoDB: add tasks to scale out; a "
+        "dead task's shards move to the others. SIGTERM/Ctrl-C asks the daemon to drain and "
+        "checkpoint every shard, then exits 0.",
+        epilog="Needs Java 17+ and the KCL jars (tools/kcl/fetch-jars, or kcl.jars_dir / "
+        "STREAMPROC_KCL_JARS). Settings: the [kcl] section of --config (see "
+        "streamproc.sample.toml). The child processes log at WARNING to stderr "
+        "(STREAMPROC_LOG_LEVEL); the daemon at INFO (KCL_LOG_LEVEL).",
+    )
+    kcl.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    kcl.add_argument(
+        "--print-properties",
+        action="store_true",
+        help="print the daemon's properties file and exit (checks nothing else)",
+    )
+    kcl.add_argument(
+        "--work-dir",
+        metavar="DIR",
+        help="where to write the properties and logback files (default: a new temp directory)",
+    )
+    kcl.set_defaults(handler=cmd_kcl)
 
     produce = commands.add_parser(
         "produce",
@@ -236,6 +263,23 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------- produce
+
+
+def cmd_kcl(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from streamproc import kcl
+    from streamproc.app import build_parts
+
+    config = load_config(args.config)
+    if args.print_properties:
+        sys.stdout.write(
+            kcl.properties(config, config_path=args.config, worker=kcl.worker_id(config))
+        )
+        return 0
+    build_parts(config)  # rules and sinks fail here, once, rather than in every child
+    work_dir = Path(args.work_dir) if args.work_dir else None
+    return kcl.run_daemon(config, config_path=args.config, work_dir=work_dir)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

@@ -36,6 +36,9 @@ class AwsConfig:
     region: str = "us-east-1"
     # Set for emulators (moto, kinesis-mock); empty means the real AWS endpoints.
     endpoint_url: str | None = None
+    # Kinesis only, when it is served elsewhere than the other services (kinesis-mock for the
+    # KCL daemon, moto for the rest). Empty: ``endpoint_url``.
+    kinesis_endpoint_url: str | None = None
 
 
 StartPosition = Literal["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"]
@@ -145,6 +148,33 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class KclConfig:
+    """``streamproc kcl``: the KCL MultiLangDaemon as the source (see README, "Scaling out")."""
+
+    # KCL application: the lease table's name, shared by every task of the application.
+    application_name: str = "streamproc"
+    # This task's name in the lease table; empty: <hostname>-<pid>.
+    worker_id: str = ""
+    # Directory of the KCL jars (tools/kcl/fetch-jars); empty: the STREAMPROC_KCL_JARS
+    # environment variable, else .cache/kcl-jars/3.1.3 under the working directory.
+    jars_dir: str = ""
+    java: str = "java"
+    # POLLING (GetRecords) or FANOUT (enhanced fan-out, SubscribeToShard; real AWS only).
+    retrieval_mode: Literal["POLLING", "FANOUT"] = "POLLING"
+    # A worker that has not renewed its leases for this long is presumed dead: its shards move.
+    failover_time_ms: int = field(default=10_000, metadata=_range(1_000, 3_600_000))
+    # Must be > 0: on SIGTERM the daemon then asks every shard to checkpoint before it exits.
+    shutdown_grace_ms: int = field(default=20_000, metadata=_range(1, 3_600_000))
+    # NONE, SUMMARY or DETAILED: the daemon's own CloudWatch metrics (ours are Prometheus).
+    metrics_level: Literal["NONE", "SUMMARY", "DETAILED"] = "NONE"
+    shard_sync_interval_ms: int = field(default=60_000, metadata=_range(1_000, 86_400_000))
+    idle_time_between_reads_ms: int = field(default=1_000, metadata=_range(200, 60_000))
+    max_records: int = field(default=10_000, metadata=_range(1, 10_000))
+    # Seconds the daemon gets to exit after the forwarded SIGTERM before it is killed.
+    stop_timeout_s: float = field(default=60.0, metadata=_range(1.0, 3600))
+
+
+@dataclass(frozen=True)
 class Config:
     aws: AwsConfig = AwsConfig()
     source: SourceConfig = SourceConfig()
@@ -154,6 +184,7 @@ class Config:
     dead_letter: DeadLetterConfig = DeadLetterConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     metrics: MetricsConfig = MetricsConfig()
+    kcl: KclConfig = KclConfig()
 
     def validate(self) -> Config:
         """Cross-field checks that a single value's type cannot express."""

@@ -208,6 +208,21 @@ class Runtime:
         self.dead_letter.close()
         self.source.close()
 
+    def backpressured(self) -> bool:
+        """True while reading is held back: sinks are full, or a shard's unsettled records or
+        bytes are at their limit (a pushed source waits on this before accepting more)."""
+        if sum(s.pending() for s in self.sinks.values()) >= self.settings.max_pending_deliveries:
+            return True
+        return any(
+            s.inflight_records >= self.settings.max_inflight_records
+            or s.inflight_bytes >= self.settings.max_inflight_bytes
+            for s in self._shards.values()
+        )
+
+    @property
+    def pending_deliveries(self) -> int:
+        return len(self._deliveries)
+
     # ------------------------------------------------------------------------------ stages
 
     def _discover(self) -> None:

@@ -1,0 +1,265 @@
+"""``streamproc kcl``: run the KCL MultiLangDaemon with our per-shard child (``connectors.kcl``).
+
+Scale-out across ECS tasks is the Kinesis Client Library's job: its lease table in DynamoDB
+assigns shards to workers, moves them when a worker dies or joins, and orders parent shards
+before their children after a reshard. We run the real daemon (Java) and plug our runtime into it
+as the child process it starts for each shard lease.
+
+This module writes the daemon's properties file from the streamproc configuration, finds the
+jars (``tools/kcl/fetch-jars`` resolves them with Maven), starts
+``java -cp JARS/* software.amazon.kinesis.multilang.MultiLangDaemon`` with its logs on stderr,
+and forwards SIGTERM/SIGINT to it so an ECS stop is a graceful hand-off: the daemon asks every
+shard to drain and checkpoint (``shutdownGraceMillis``) and exits. Its exit status 143 after a
+forwarded stop counts as a clean exit (0).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from streamproc.config import Config
+from streamproc.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+KCL_VERSION = "3.1.3"
+DAEMON_CLASS = "software.amazon.kinesis.multilang.MultiLangDaemon"
+MULTILANG_JAR = f"amazon-kinesis-client-multilang-{KCL_VERSION}.jar"
+
+# The daemon's own logback.xml logs to stdout; stdout is ours to keep clean, so: stderr.
+# (No double hyphen inside XML comments: logback then rejects the whole file.)
+LOGBACK_XML = """<configuration>
+  <appender name="STDERR" class="ch.qos.logback.core.ConsoleAppender">
+    <target>System.err</target>
+    <encoder>
+      <pattern>%d [%thread] %-5level %logger{36} - %msg%n</pattern>
+    </encoder>
+  </appender>
+  <logger name="software.amazon.kinesis" level="${KCL_LOG_LEVEL:-INFO}"/>
+  <root level="WARN">
+    <appender-ref ref="STDERR"/>
+  </root>
+</configuration>
+"""
+
+
+@dataclass(frozen=True)
+class DaemonFiles:
+    properties: Path
+    logback: Path
+
+
+def worker_id(config: Config) -> str:
+    return config.kcl.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def child_command(config_path: str | None, python: str = sys.executable) -> str:
+    """``executableName``: the daemon splits it on spaces, without any quoting."""
+    parts = [python, "-m", "connectors.kcl"]
+    if config_path is not None:
+        parts += ["--config", str(Path(config_path).resolve())]
+    for part in parts:
+        if not part or any(c.isspace() for c in part):
+            raise ConfigError(
+                "kcl",
+                f"the daemon splits its child command on spaces, so {part!r} cannot be part of "
+                "it: install streamproc and its configuration under paths without spaces",
+            )
+    return " ".join(parts)
+
+
+def properties(config: Config, *, config_path: str | None, worker: str) -> str:
+    """The daemon's properties file for ``config``.
+
+    The daemon silently ignores keys it does not know (a misspelt endpoint key means real AWS),
+    so every key written here is one the KCL 3 MultiLangDaemon reads.
+    """
+    kcl = config.kcl
+    if config.source.start_position == "AT_TIMESTAMP":
+        raise ConfigError(
+            "source.start_position",
+            "streamproc kcl supports TRIM_HORIZON and LATEST (the daemon's "
+            "initialPositionInStream); AT_TIMESTAMP works with streamproc run only",
+        )
+    lines = [
+        "# Written by streamproc kcl from the streamproc configuration; do not edit.",
+        f"executableName = {child_command(config_path)}",
+        f"streamName = {config.source.stream}",
+        f"applicationName = {kcl.application_name}",
+        f"workerId = {worker}",
+        f"regionName = {config.aws.region}",
+        "AwsCredentialsProvider = DefaultCredentialsProvider",
+        f"retrievalMode = {kcl.retrieval_mode}",
+        f"initialPositionInStream = {config.source.start_position}",
+        f"failoverTimeMillis = {kcl.failover_time_ms}",
+        f"shutdownGraceMillis = {kcl.shutdown_grace_ms}",
+        f"metricsLevel = {kcl.metrics_level}",
+        f"shardSyncIntervalMillis = {kcl.shard_sync_interval_ms}",
+        f"idleTimeBetweenReadsInMillis = {kcl.idle_time_between_reads_ms}",
+        f"maxRecords = {kcl.max_records}",
+        # Empty calls while the shard is quiet: idle windows close and checkpoints catch up.
+        "callProcessRecordsEvenForEmptyRecordList = true",
+    ]
+    kinesis_endpoint = config.aws.kinesis_endpoint_url or config.aws.endpoint_url
+    if kinesis_endpoint:
+        lines.append(f"kinesisEndpoint = {kinesis_endpoint}")
+    if config.aws.endpoint_url:
+        lines.append(f"dynamoDBEndpoint = {config.aws.endpoint_url}")
+    return "\n".join(lines) + "\n"
+
+
+def find_jars(config: Config, env: dict[str, str] | None = None) -> Path:
+    """The directory of the daemon's jars; a ConfigError that says how to get them."""
+    env = dict(os.environ) if env is None else env
+    configured = config.kcl.jars_dir or env.get("STREAMPROC_KCL_JARS", "")
+    directory = Path(configured or Path.cwd() / ".cache" / "kcl-jars" / KCL_VERSION)
+    if not (directory / MULTILANG_JAR).is_file():
+        where = "kcl.jars_dir" if config.kcl.jars_dir else "STREAMPROC_KCL_JARS or kcl.jars_dir"
+        raise ConfigError(
+            "kcl.jars_dir",
+            f"no KCL {KCL_VERSION} jars in {directory} ({MULTILANG_JAR} is missing): run "
+            f"tools/kcl/fetch-jars (needs mvn and java), or set {where} to a directory "
+            "holding them",
+        )
+    return directory
+
+
+def write_files(config: Config, *, config_path: str | None, directory: Path) -> DaemonFiles:
+    directory.mkdir(parents=True, exist_ok=True)
+    props = directory / "streamproc-kcl.properties"
+    props.write_text(
+        properties(config, config_path=config_path, worker=worker_id(config)), encoding="utf-8"
+    )
+    logback = directory / "logback-stderr.xml"
+    logback.write_text(LOGBACK_XML, encoding="utf-8")
+    return DaemonFiles(props, logback)
+
+
+def daemon_command(config: Config, jars: Path, files: DaemonFiles) -> list[str]:
+    java = shutil.which(config.kcl.java)
+    if java is None:
+        raise ConfigError(
+            "kcl.java",
+            f"{config.kcl.java!r} not found: install a Java 17+ runtime "
+            "(Debian: apt-get install openjdk-17-jre-headless) or set kcl.java to its path",
+        )
+    return [
+        java,
+        "-cp",
+        f"{jars}/*",
+        DAEMON_CLASS,
+        "--properties-file",
+        str(files.properties),
+        "--log-configuration",
+        str(files.logback),
+    ]
+
+
+def check_child_imports() -> None:
+    try:
+        import amazon_kclpy  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "kcl",
+            "amazon_kclpy is not installed in this Python: pip install 'streamproc[kcl]'",
+        ) from None
+
+
+def _stop_with_parent() -> None:
+    """In the daemon's process before exec: SIGTERM it if we die (Linux), so a killed wrapper
+    never leaves a daemon holding leases behind."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: nothing to set
+        pass
+
+
+def run_daemon(
+    config: Config,
+    *,
+    config_path: str | None,
+    work_dir: Path | None = None,
+    out: TextIO = sys.stderr,
+) -> int:
+    """Start the daemon, forward SIGTERM/SIGINT to it, return 0 for a clean (forwarded) stop or
+    the daemon's exit status otherwise."""
+    check_child_imports()
+    jars = find_jars(config)
+    directory = work_dir or Path(tempfile.mkdtemp(prefix="streamproc-kcl-"))
+    files = write_files(config, config_path=config_path, directory=directory)
+    command = daemon_command(config, jars, files)
+    env = dict(os.environ)
+    env.setdefault("STREAMPROC_KCL_WORKER", worker_id(config))
+    print(
+        f"streamproc kcl: worker {worker_id(config)!r} of application "
+        f"{config.kcl.application_name!r} on stream {config.source.stream!r}\n"
+        f"  properties: {files.properties}\n  command: {shlex.join(command)}",
+        file=out,
+        flush=True,
+    )
+    # A session of its own: a terminal's Ctrl-C reaches only us, and we stop the daemon
+    # gracefully instead of every child dying mid-batch.
+    daemon = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+        command, env=env, start_new_session=True, preexec_fn=_stop_with_parent
+    )
+    stop_requested_at: list[float] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if not stop_requested_at:
+            stop_requested_at.append(time.monotonic())
+            print(
+                f"streamproc kcl: {signal.Signals(signum).name}: asking the daemon to checkpoint "
+                f"and stop (up to {config.kcl.stop_timeout_s:.0f} s)",
+                file=out,
+                flush=True,
+            )
+            daemon.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                status = daemon.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if (
+                    stop_requested_at
+                    and time.monotonic() - stop_requested_at[0] > config.kcl.stop_timeout_s
+                ):
+                    print(
+                        "streamproc kcl: the daemon did not stop in time; killing it",
+                        file=out,
+                        flush=True,
+                    )
+                    daemon.kill()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stop_requested_at and status in (0, 143):
+        took = time.monotonic() - stop_requested_at[0]
+        print(f"streamproc kcl: stopped cleanly in {took:.1f} s", file=out, flush=True)
+        return 0
+    if status == 0:
+        return 0
+    print(
+        f"streamproc kcl: the daemon exited with status {status} (its log above says why)",
+        file=out,
+        flush=True,
+    )
+    return status if status > 0 else 128 - status  # killed by a signal: the shell's convention
