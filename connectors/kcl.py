@@ -243,7 +243,14 @@ class Trace:
             name = f"{worker}-{os.getpid()}.jsonl"
             self._file = open(os.path.join(directory, name), "a", encoding="utf-8")  # noqa: SIM115
 
-    def write(self, event: str, shard_id: str, records: list[Record] | None = None) -> None:
+    def write(
+        self,
+        event: str,
+        shard_id: str,
+        records: list[Record] | None = None,
+        *,
+        count: int | None = None,
+    ) -> None:
         if self._file is None:
             return
         line: dict[str, Any] = {
@@ -253,6 +260,8 @@ class Trace:
             "pid": os.getpid(),
             "t": time.time(),
         }
+        if count is not None:
+            line["count"] = count
         if records is not None:
             line["records"] = [
                 [r.sequence_number, r.sub_sequence_number, r.partition_key] for r in records
@@ -305,6 +314,7 @@ class ShardWorker:
         self._trace.write("initialize", self.shard_id)
         log.info("shard %s: start after %s", self.shard_id, checkpoint or "no checkpoint")
         reported = time.monotonic()
+        replaying = self.reader.replaying
         while self.reader.replaying or self.source.unassigned:
             if not self.runtime.run_once():
                 time.sleep(self._idle_sleep_s)
@@ -315,6 +325,8 @@ class ShardWorker:
                     self.reader.replayed,
                 )
                 reported = time.monotonic()
+        if replaying:
+            self._trace.write("restored", self.shard_id, count=self.reader.replayed)
 
     def process_records(self, process_records_input: Any) -> None:
         source, reader = self._ready()

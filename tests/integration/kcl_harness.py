@@ -316,7 +316,9 @@ def make_kcl_env(
 class Worker:
     """One ``streamproc kcl`` process (one ECS task)."""
 
-    def __init__(self, env: KclEnv, worker_id: str) -> None:
+    def __init__(
+        self, env: KclEnv, worker_id: str, extra_env: dict[str, str] | None = None
+    ) -> None:
         self.env = env
         self.worker_id = worker_id
         self.log_path = env.tmp / f"{worker_id}.log"
@@ -329,6 +331,7 @@ class Worker:
             "STREAMPROC_KCL_WORKER": worker_id,
             "STREAMPROC_KCL_TRACE": str(env.trace_dir),
             "STREAMPROC_LOG_LEVEL": "INFO",
+            **(extra_env or {}),
         }
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(

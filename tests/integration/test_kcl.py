@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -100,3 +101,246 @@ def test_one_worker_delivers_every_alert_and_checkpoints_each_shards_last_record
         f"\n2,000 records on 4 shards: all checkpointed {took:.1f} s after start; alerts {per_rule}"
     )
     time.sleep(0)
+
+
+def owners(env: KclEnv) -> dict[str, str]:
+    return {shard: lease.get("leaseOwner", "") for shard, lease in env.leases().items()}
+
+
+def is_leader(worker: Worker) -> bool:
+    """KCL 3 elects one worker to assign leases; it logs this line while it leads."""
+    return f"Worker : {worker.worker_id} is the current leader." in worker.log()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("role", ["follower", "leader"])
+def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
+    kcl_env: KclEnv, workers: list[Worker], role: str
+) -> None:
+    """Two workers share 4 shards; one is killed with SIGKILL (wrapper, JVM and children at
+    once) while records flow. The other takes its leases over, rebuilds their window state from
+    the stored restore points, and the final alert set equals the reference: no alert lost, none
+    duplicated in the DynamoDB table or through the FIFO queue.
+
+    ``role``: kill the worker that is not KCL's lease-assignment leader, or the leader itself
+    (then the survivor must first win the leader lock, which KCL 3 holds for about 2 minutes)."""
+    kcl_env.seed_leases()
+    records = payloads(3000)
+    kcl_env.put(records[:1000])
+    workers.extend([Worker(kcl_env, "w1"), Worker(kcl_env, "w2")])
+
+    def both_hold_shards() -> bool:
+        held = set(owners(kcl_env).values())
+        return {"w1", "w2"} <= held
+
+    took = wait_for("each worker to hold a shard", both_hold_shards, FIRST_RECORDS_S, workers)
+    wait_for(
+        "both workers to process records",
+        lambda: {"w1", "w2"} <= set(kcl_env.processed()),
+        60,
+        workers,
+    )
+    held_before = owners(kcl_env)
+    print(f"\nleases after {took:.1f} s: {held_before}")
+
+    producer = threading.Thread(target=kcl_env.put, args=(records[1000:],), kwargs={"batch": 50})
+    producer.start()
+    wait_for(
+        "records of the second part to be processed",
+        lambda: sum(map(len, kcl_env.processed().values())) >= 1500,
+        120,
+        workers,
+    )
+    wait_for("a leader to be elected", lambda: any(map(is_leader, workers)), 60, workers)
+    leader = next(w for w in workers if is_leader(w))
+    victim = leader if role == "leader" else next(w for w in workers if w is not leader)
+    survivor = next(w for w in workers if w is not victim)
+    victim_shards = {s for s, o in owners(kcl_env).items() if o == victim.worker_id}
+    assert victim_shards, "the victim holds no shard: nothing to take over"
+    killed_at = time.time()
+    victim.kill()
+    producer.join()
+
+    def taken_over() -> bool:
+        return all(o == survivor.worker_id for o in owners(kcl_env).values())
+
+    wait_for("the survivor to take every lease", taken_over, 240, [survivor])
+    wait_for(
+        "every shard checkpointed at its last record",
+        lambda: checkpoints_reached(kcl_env),
+        120,
+        [survivor],
+    )
+    trace = kcl_env.trace()
+    resumed = [
+        line
+        for line in trace
+        if line["worker"] == survivor.worker_id
+        and line["shard"] in victim_shards
+        and line["event"] == "initialize"
+        and line["t"] > killed_at
+    ]
+    assert {line["shard"] for line in resumed} == victim_shards
+    takeover_s = max(line["t"] for line in resumed) - killed_at
+    restored = [
+        line
+        for line in trace
+        if line["event"] == "restored"
+        and line["worker"] == survivor.worker_id
+        and line["t"] > killed_at
+    ]
+    assert restored and all(line["count"] > 0 for line in restored)  # window state rebuilt
+
+    processed = kcl_env.processed()
+    by_victim = set(processed[victim.worker_id])
+    by_survivor = processed[survivor.worker_id]
+    redelivered = len(by_victim & set(by_survivor))
+    assert set(by_survivor) | by_victim == {(p.shard_id, p.sequence_number) for p in kcl_env.puts}
+
+    expected = kcl_env.expected_alert_ids()
+    delivered = kcl_env.alert_table_ids()
+    assert set(delivered) == expected, (
+        f"missing {len(expected - set(delivered))}, unexpected {len(set(delivered) - expected)}"
+    )
+    fifo = Counter(
+        body["alert_id"]
+        for body in receive_all(kcl_env.client("sqs"), kcl_env.resources.fifo_queue_url)
+    )
+    assert set(fifo) == expected
+    assert max(fifo.values()) == 1
+    eventbridge = Counter(
+        body["detail"]["alert_id"]
+        for body in receive_all(kcl_env.client("sqs"), kcl_env.resources.eventbridge_inbox_url)
+    )
+    print(
+        f"killed {victim.worker_id} ({role}) holding {sorted(victim_shards)}; "
+        f"{survivor.worker_id} had them all {takeover_s:.1f} s later; "
+        f"{redelivered} records re-delivered to the survivor; "
+        f"window state rebuilt from {sum(line['count'] for line in restored)} records; "
+        f"{len(expected)} alerts, each once in DynamoDB and through FIFO; "
+        f"EventBridge (at-least-once) saw {sum(eventbridge.values()) - len(eventbridge)} repeats"
+    )
+
+
+def test_sigterm_checkpoints_every_shard_and_exits_0_within_the_grace_period(
+    kcl_env: KclEnv, workers: list[Worker]
+) -> None:
+    """With periodic checkpoints effectively off (every hour), only the shutdown can move the
+    lease table's checkpoints to the end: SIGTERM → shutdownRequested in every child → drain
+    and checkpoint → the wrapper exits 0 before shutdownGraceMillis (20 s) runs out."""
+    kcl_env.seed_leases()
+    kcl_env.put(payloads(800))
+    worker = Worker(
+        kcl_env,
+        "w1",
+        {
+            "STREAMPROC__RUNTIME__CHECKPOINT_INTERVAL_S": "3600",
+            "STREAMPROC__KCL__MAX_RECORDS": "25",
+        },
+    )
+    workers.append(worker)
+    expected = kcl_env.expected_alert_ids()
+    wait_for(
+        "all 800 records processed and their alerts delivered",
+        lambda: (
+            len(kcl_env.processed()["w1"]) == 800 and set(kcl_env.alert_table_ids()) == expected
+        ),
+        FIRST_RECORDS_S,
+        workers,
+    )
+    assert not checkpoints_reached(kcl_env)  # only each shard's first batch is checkpointed
+    before = {shard: lease["checkpoint"] for shard, lease in kcl_env.leases().items()}
+
+    started = time.monotonic()
+    status = worker.terminate(timeout=60)
+    took = time.monotonic() - started
+    assert status == 0, worker.log()[-3000:]
+    assert took < 20.0
+    assert checkpoints_reached(kcl_env)
+    assert "stopped cleanly" in worker.log()
+    events = Counter(line["event"] for line in kcl_env.trace())
+    assert events["shutdown_requested"] == 4
+    print(f"\ncheckpoints before SIGTERM: {before}\nexit status 0 after {took:.1f} s")
+
+
+def test_split_while_producing_keeps_each_keys_order_and_delivers_every_alert(
+    moto_endpoint: str,
+    kinesis_mock_endpoint: str,
+    unique_name: str,
+    tmp_path: Path,
+    workers: list[Worker],
+) -> None:
+    """A shard is split while records flow. The daemon starts a child shard only after its parent
+    is read to its end and checkpointed (SHARD_END through our shard_ended), so every card's
+    records are processed in the order they were written, and every alert is delivered."""
+    env = make_kcl_env(moto_endpoint, kinesis_mock_endpoint, unique_name, tmp_path, shards=2)
+    env.seed_leases()
+    records = payloads(1600)
+    env.put(records[:800])
+    workers.append(Worker(env, "w1"))
+    wait_for("records to flow", lambda: len(env.processed()["w1"]) >= 300, FIRST_RECORDS_S, workers)
+
+    parent = env.kinesis.list_shards(StreamName=env.stream)["Shards"][0]
+    low, high = (int(parent["HashKeyRange"][k]) for k in ("StartingHashKey", "EndingHashKey"))
+    env.kinesis.split_shard(
+        StreamName=env.stream,
+        ShardToSplit=parent["ShardId"],
+        NewStartingHashKey=str((low + high) // 2),
+    )
+    deadline = time.monotonic() + 30
+    while (
+        env.kinesis.describe_stream_summary(StreamName=env.stream)["StreamDescriptionSummary"][
+            "StreamStatus"
+        ]
+        != "ACTIVE"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    env.put(records[800:])
+    children = {p.shard_id for p in env.puts[800:]} - {p.shard_id for p in env.puts[:800]}
+    assert len(children) == 2  # the split's two children got records
+
+    def all_done() -> bool:
+        leases = env.leases()
+        last = env.last_sequence_per_shard()
+        return all(
+            leases.get(shard, {}).get(
+                "checkpoint", "SHARD_END" if shard == parent["ShardId"] else ""
+            )
+            in (seq, "SHARD_END" if shard == parent["ShardId"] else seq)
+            for shard, seq in last.items()
+        )
+
+    took = wait_for("every shard done (the parent at SHARD_END)", all_done, 180, workers)
+
+    # Processing order per card equals write order (each card has one partition key).
+    written = {(p.shard_id, p.sequence_number): i for i, p in enumerate(env.puts)}
+    seen: dict[str, list[int]] = {}
+    for line in env.trace():
+        for seq, _sub, key in line.get("records", []):
+            seen.setdefault(key, []).append(written[(line["shard"], seq)])
+    assert sum(map(len, seen.values())) == len(env.puts)
+    out_of_order = [key for key, order in seen.items() if order != sorted(order)]
+    assert out_of_order == []
+    crossing = [
+        key
+        for key in seen
+        if {p.shard_id for p in env.puts if p.partition_key == key} & children
+        and parent["ShardId"] in {p.shard_id for p in env.puts if p.partition_key == key}
+    ]
+    assert crossing  # cards with records in both the parent and a child: the order mattered
+    ended = [line for line in env.trace() if line["event"] == "shard_ended"]
+    assert [line["shard"] for line in ended] == [parent["ShardId"]]
+    first_child = min(
+        line["t"]
+        for line in env.trace()
+        if line["shard"] in children and line["event"] == "initialize"
+    )
+    assert first_child > ended[0]["t"]
+
+    expected = env.expected_alert_ids()
+    assert set(env.alert_table_ids()) == expected
+    print(
+        f"\nsplit {parent['ShardId']} into {sorted(children)}; all done {took:.1f} s after; "
+        f"{len(crossing)} cards crossed the split in order; {len(expected)} alerts delivered"
+    )
