@@ -55,6 +55,9 @@ class RuntimeSettings:
     # Backoff of the dead-letter destination after a failed park (doubles up to the max).
     dead_letter_backoff_s: float = 0.2
     dead_letter_backoff_max_s: float = 20.0
+    # Backoff after a failed checkpoint write (doubles up to the max), per shard.
+    checkpoint_backoff_s: float = 0.2
+    checkpoint_backoff_max_s: float = 10.0
     # A shard that received no record for this long closes its open windows (wall clock), so
     # silence never holds an alert back. Later events for those windows count as late.
     idle_close_s: float = 30.0
@@ -88,6 +91,9 @@ class _Shard:
     late_reported: list[int] = field(default_factory=list)
     checkpointed: Position | None = None
     last_checkpoint_at: float = 0.0
+    # After a refused checkpoint write (throttling, a store outage): back off before the next.
+    checkpoint_failures: int = 0
+    checkpoint_retry_at: float = float("-inf")
     inflight_records: int = 0
     inflight_bytes: int = 0
     settled_since_checkpoint: int = 0  # records settled but not yet covered by a checkpoint
@@ -454,10 +460,9 @@ class Runtime:
                 shard.inflight_bytes -= ticket.size
                 shard.settled_since_checkpoint += ticket.records
             ended = shard.end_processed and not shard.tickets and not shard.unparked
-            due = (
-                force
-                or ended
-                or now - shard.last_checkpoint_at >= self.settings.checkpoint_interval_s
+            due = force or (
+                now >= shard.checkpoint_retry_at
+                and (ended or now - shard.last_checkpoint_at >= self.settings.checkpoint_interval_s)
             )
             closes = shard.settled_restore.closes if shard.settled_restore is not None else 0
             closed = closes != shard.checkpointed_closes  # windows were closed since (idle/end)
@@ -474,12 +479,21 @@ class Runtime:
                     self.totals.checkpoint_failures += 1
                     if not exc.retryable:
                         raise
-                    log.warning("checkpoint of %s failed, will retry: %s", shard_id, exc)
+                    shard.checkpoint_failures += 1
+                    delay = min(
+                        self.settings.checkpoint_backoff_max_s,
+                        self.settings.checkpoint_backoff_s * 2 ** (shard.checkpoint_failures - 1),
+                    )
+                    shard.checkpoint_retry_at = now + delay
+                    log.warning(
+                        "checkpoint of %s failed, retrying in %.1f s: %s", shard_id, delay, exc
+                    )
                     all_written = False
                     ended = False
                 else:
                     shard.checkpointed = shard.settled
                     shard.checkpointed_closes = closes
+                    shard.checkpoint_failures = 0
                     self._export_window_state(shard_id, shard)
                     shard.last_checkpoint_at = now
                     shard.settled_since_checkpoint = 0

@@ -1,0 +1,263 @@
+"""The KCL child's protocol handling, against a scripted daemon over real pipes.
+
+amazon_kclpy's own ``KCLProcess`` runs our ``ShardWorker`` on one end of a pair of pipes; the
+test plays the MultiLangDaemon on the other end, line by line, as the Java daemon does. This is
+where the checkpoint errors the real daemon cannot be made to produce on demand are injected
+(ThrottlingException, ShutdownException), together with sinks that hold their acknowledgements
+(tests/unit/memory.py). The real daemon is exercised in tests/integration/test_kcl.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import queue
+import threading
+from collections import deque
+from typing import Any
+
+import orjson
+import pytest
+from amazon_kclpy import kcl
+
+import connectors.kcl as kcl_child
+from connectors.kcl import KclShardReader, KclSource, ShardWorker, _Guard
+from streamproc.processor import ShardProcessor
+from streamproc.records import Position
+from streamproc.ruleset import RuleSet, rule
+from streamproc.runtime import Runtime, RuntimeSettings
+from tests.unit.memory import MemoryDeadLetter, MemorySink
+
+BIG = rule(name="big", version=1, condition="amount > 100", key="card_id", severity="HIGH")
+SHARD = "shardId-000000000007"
+
+
+class FakeDaemon:
+    """The MultiLangDaemon's side of the protocol: sends actions, answers checkpoints."""
+
+    def __init__(self, processor: Any) -> None:
+        child_in, self._to_child = os.pipe()
+        self._from_child, child_out = os.pipe()
+        self._out = os.fdopen(self._to_child, "w", buffering=1)
+        self._in = os.fdopen(self._from_child, "r")
+        self._process = kcl.KCLProcess(
+            processor,
+            input_file=os.fdopen(child_in, "r"),
+            output_file=os.fdopen(child_out, "w", buffering=1),
+        )
+        self._thread = threading.Thread(target=self._process.run, daemon=True)
+        self._thread.start()
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.checkpoints: list[tuple[str | None, int | None]] = []
+        self.refuse: deque[str] = deque()  # errors for the next checkpoint requests
+
+    def _read(self) -> None:
+        for line in self._in:
+            self._lines.put(line)
+        self._lines.put("")
+
+    def send(self, message: dict[str, Any]) -> None:
+        """One action; answers every checkpoint request until the child reports status."""
+        self._out.write(json.dumps(message) + "\n")
+        while True:
+            try:
+                line = self._lines.get(timeout=10)
+            except queue.Empty:
+                alive = self._thread.is_alive()
+                raise AssertionError(f"no answer from the child in 10 s (alive: {alive})") from None
+            assert line, "the child closed its output"
+            if not line.strip():
+                continue
+            reply = json.loads(line)
+            if reply["action"] == "status":
+                assert reply["responseFor"] == message["action"]
+                return
+            assert reply["action"] == "checkpoint", reply
+            seq, sub = reply["sequenceNumber"], reply["subSequenceNumber"]
+            answer: dict[str, Any] = {
+                "action": "checkpoint",
+                "sequenceNumber": seq,
+                "subSequenceNumber": sub,
+            }
+            if self.refuse:
+                answer["error"] = self.refuse.popleft()
+            else:
+                self.checkpoints.append((seq, sub))
+            self._out.write(json.dumps(answer) + "\n")
+
+    def close(self) -> None:
+        self._out.close()
+        self._thread.join(timeout=10)
+        assert not self._thread.is_alive()
+
+
+def record(seq: int, amount: float, sub: int = 0) -> dict[str, Any]:
+    data = orjson.dumps({"tx_id": f"tx-{seq}-{sub}", "card_id": "c1", "amount": amount})
+    return {
+        "action": "record",
+        "data": base64.b64encode(data).decode(),
+        "partitionKey": "c1",
+        "sequenceNumber": str(seq),
+        "subSequenceNumber": sub,
+        "approximateArrivalTimestamp": 1_780_000_000_000,
+    }
+
+
+def process(*records: dict[str, Any]) -> dict[str, Any]:
+    return {"action": "processRecords", "records": list(records), "millisBehindLatest": 0}
+
+
+class Harness:
+    def __init__(self, *, sink_accepting: bool = True) -> None:
+        self.sink = MemorySink(name="memory", accepting=sink_accepting)
+        self.dead_letter = MemoryDeadLetter()
+        self.sources: list[KclSource] = []
+        self.now = 1000.0  # the runtime's clock, moved by the test
+
+        def build(shard_id: str, checkpoint: Position | None) -> Any:
+            source = KclSource("stream", None)
+            reader = KclShardReader(shard_id)
+            source.attach(reader)
+            processor = ShardProcessor(
+                RuleSet((BIG,)), default_sinks=("memory",), shard_id=shard_id
+            )
+            runtime = Runtime(
+                source,
+                lambda _s: processor,
+                {"memory": self.sink},
+                self.dead_letter,
+                settings=RuntimeSettings(checkpoint_interval_s=0.0, max_inflight_records=1),
+                clock=lambda: self.now,
+            )
+            self.sources.append(source)
+            return runtime, source, reader
+
+        self.worker = ShardWorker(build, linger_s=0.0, drain_timeout_s=0.5)
+        self.daemon = FakeDaemon(self.worker)
+        self.daemon.send(
+            {
+                "action": "initialize",
+                "shardId": SHARD,
+                "sequenceNumber": "TRIM_HORIZON",
+                "subSequenceNumber": 0,
+            }
+        )
+
+
+@pytest.fixture
+def harness() -> Any:
+    made: list[Harness] = []
+
+    def make(**kw: Any) -> Harness:
+        made.append(Harness(**kw))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.daemon.close()
+
+
+def test_checkpoints_the_exact_sub_sequence_of_the_last_acknowledged_record(harness: Any) -> None:
+    h = harness()
+    h.daemon.send(process(record(10, 500.0), record(11, 5.0, sub=0), record(11, 700.0, sub=1)))
+    assert h.daemon.checkpoints[-1] == ("11", 1)
+    assert len(h.sink.delivered) == 2
+
+
+def test_nothing_is_checkpointed_past_an_unacknowledged_alert(harness: Any) -> None:
+    """The sink holds its acknowledgements: the records before the alert are checkpointed, the
+    alert's record and everything after it are not; and the call blocks while the in-flight
+    budget (here 1 record) is used up, so the daemon stops fetching for the shard."""
+    h = harness(sink_accepting=False)
+    h.daemon.send(process(record(1, 5.0), record(2, 6.0)))
+    assert h.daemon.checkpoints[-1] == ("2", 0)
+    h.sink.accepting = False
+    blocked = threading.Thread(target=h.daemon.send, args=(process(record(3, 900.0)),))
+    blocked.start()
+    blocked.join(timeout=0.5)
+    assert blocked.is_alive()  # backpressure: processRecords has not returned
+    assert h.daemon.checkpoints[-1] == ("2", 0)
+    h.sink.accepting = True
+    blocked.join(timeout=5)
+    assert not blocked.is_alive()
+    h.daemon.send(process(record(4, 1.0)))
+    assert h.daemon.checkpoints[-1] == ("4", 0)
+
+
+def test_a_throttled_checkpoint_is_retried_on_a_later_call(harness: Any) -> None:
+    h = harness()
+    h.daemon.refuse.extend(["ThrottlingException", "ThrottlingException"])
+    h.daemon.send(process(record(1, 500.0)))
+    assert h.daemon.checkpoints == []  # refused, not lost
+    h.daemon.send(process(record(2, 1.0)))
+    assert h.daemon.checkpoints == []  # backing off (0.2 s): not asked again yet
+    h.now += 0.25
+    h.daemon.send(process(record(3, 1.0)))
+    assert h.daemon.checkpoints == []  # refused again: now 0.4 s
+    h.now += 0.3
+    h.daemon.send(process(record(4, 1.0)))
+    assert h.daemon.checkpoints == []
+    h.now += 0.2
+    h.daemon.send(process(record(5, 1.0)))
+    assert h.daemon.checkpoints == [("5", 0)]
+    assert h.sources[0].lost is False
+
+
+def test_shutdown_exception_stops_the_shard_without_further_checkpoints(harness: Any) -> None:
+    h = harness()
+    h.daemon.refuse.append("ShutdownException")
+    h.daemon.send(process(record(1, 500.0)))
+    assert h.sources[0].lost
+    delivered = len(h.sink.delivered)
+    h.daemon.send(process(record(2, 800.0)))  # the lease is gone: not processed
+    assert h.daemon.checkpoints == [] and len(h.sink.delivered) == delivered
+
+
+def test_shard_end_is_checkpointed_without_a_position_after_every_alert(harness: Any) -> None:
+    h = harness()
+    h.daemon.send(process(record(1, 500.0)))
+    h.daemon.send({"action": "shardEnded"})
+    assert h.daemon.checkpoints[-1] == (None, None)  # the daemon's SHARD_END
+    assert h.sources[0].ended and h.worker.done
+
+
+def test_shutdown_requested_drains_and_checkpoints(harness: Any) -> None:
+    h = harness()
+    h.daemon.send(process(record(1, 500.0), record(2, 900.0)))
+    h.daemon.send({"action": "shutdownRequested"})
+    assert h.daemon.checkpoints[-1] == ("2", 0)
+    assert h.worker.done
+
+
+def test_lease_lost_checkpoints_nothing_more(harness: Any) -> None:
+    h = harness()
+    h.daemon.send(process(record(1, 500.0)))
+    before = list(h.daemon.checkpoints)
+    h.daemon.send({"action": "leaseLost"})
+    h.daemon.send(process(record(2, 900.0)))
+    assert h.daemon.checkpoints == before and h.sources[0].lost
+
+
+def test_an_unexpected_error_exits_the_child_instead_of_acknowledging_the_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """amazon_kclpy would log the exception and report the batch done; the guard exits first."""
+
+    class Broken:
+        shard_id = SHARD
+
+        def process_records(self, _input: Any) -> None:
+            raise RuntimeError("boom")
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(kcl_child.os, "_exit", fake_exit)
+    with pytest.raises(SystemExit):
+        _Guard(Broken()).process_records(object())  # type: ignore[arg-type]
+    assert exits == [1]
