@@ -178,6 +178,60 @@ def check_child_imports() -> None:
         ) from None
 
 
+class ChildMetrics:
+    """``/metrics`` for the whole task: the aggregate of every child's values.
+
+    Children write their metrics to files in ``directory`` (prometheus_client's multiprocess
+    mode, switched on by ``PROMETHEUS_MULTIPROC_DIR`` in their environment); this process serves
+    the sum. Gauges of children that exited (a lease moved, a shard ended) are dropped by
+    :meth:`reap`, so a moved shard does not report twice.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        from prometheus_client import CollectorRegistry
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        if directory.exists():
+            shutil.rmtree(directory)  # values of an earlier run would be added in
+        directory.mkdir(parents=True)
+        self.directory = directory
+        self.registry = CollectorRegistry()
+        MultiProcessCollector(self.registry, path=str(directory))  # type: ignore[no-untyped-call]
+
+    def serve(self, host: str, port: int) -> str:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(
+                "metrics.port", f"cannot serve metrics on {host}:{port}: {exc}"
+            ) from None
+        return f"http://{host}:{port}/metrics"
+
+    def reap(self) -> None:
+        from prometheus_client.multiprocess import mark_process_dead
+
+        pids: set[int] = set()
+        for path in self.directory.glob("gauge_live*_*.db"):
+            digits = path.stem.rsplit("_", 1)[-1]
+            if digits.isdigit():
+                pids.add(int(digits))
+        for pid in pids:
+            if not _alive(pid):
+                mark_process_dead(pid, str(self.directory))  # type: ignore[no-untyped-call]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _stop_with_parent() -> None:
     """In the daemon's process before exec: SIGTERM it if we die (Linux), so a killed wrapper
     never leaves a daemon holding leases behind."""
@@ -206,10 +260,17 @@ def run_daemon(
     command = daemon_command(config, jars, files)
     env = dict(os.environ)
     env.setdefault("STREAMPROC_KCL_WORKER", worker_id(config))
+    metrics: ChildMetrics | None = None
+    served = "off (metrics.enabled = false)"
+    if config.metrics.enabled:
+        metrics = ChildMetrics(directory / "metrics")
+        served = metrics.serve(config.metrics.host, config.metrics.port)
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics.directory)
     print(
         f"streamproc kcl: worker {worker_id(config)!r} of application "
         f"{config.kcl.application_name!r} on stream {config.source.stream!r}\n"
-        f"  properties: {files.properties}\n  command: {shlex.join(command)}",
+        f"  properties: {files.properties}\n  command: {shlex.join(command)}\n"
+        f"  metrics: {served}",
         file=out,
         flush=True,
     )
@@ -238,6 +299,8 @@ def run_daemon(
                 status = daemon.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
+                if metrics is not None:
+                    metrics.reap()
                 if (
                     stop_requested_at
                     and time.monotonic() - stop_requested_at[0] > config.kcl.stop_timeout_s

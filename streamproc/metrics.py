@@ -2,6 +2,11 @@
 
 Metric names are a ``Literal`` type so a typo fails type-checking. Metrics are updated once per
 batch or per flush by the runtime loop, never per record in the hot path.
+
+Under ``streamproc kcl`` every shard runs in its own child process of the KCL daemon: there
+prometheus_client's multiprocess mode is on (``PROMETHEUS_MULTIPROC_DIR``, set by the parent),
+each child writes its values to files and the parent serves their aggregate (gauges are summed
+over the live processes: each per-shard series lives in exactly one child).
 """
 
 from __future__ import annotations
@@ -98,6 +103,7 @@ class Metrics:
             "Records read but not yet covered by a stored checkpoint",
             ["shard"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.checkpoint_failures = Counter(
             _n("streamproc_checkpoint_failures_total"),
@@ -113,6 +119,7 @@ class Metrics:
             "How far the last read was behind the tip of the shard",
             ["shard"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.late_events = Counter(
             _n("streamproc_late_events_total"),
@@ -131,11 +138,13 @@ class Metrics:
             "Keys holding window state, per shard and window rule (memory grows with these)",
             ["shard", "rule"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.pending_deliveries = Gauge(
             _n("streamproc_pending_deliveries"),
             "Alert deliveries buffered in sinks awaiting acknowledgement",
             registry=r,
+            multiprocess_mode="livesum",
         )
 
     def serve(self, host: str, port: int) -> None:

@@ -18,8 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.demo import DemoSpec, encode, transactions
+from streamproc.emulators import free_port
 from tests.integration.e2e import receive_all
 from tests.integration.kcl_harness import JARS, KclEnv, Worker, make_kcl_env, wait_for
 
@@ -76,7 +79,14 @@ def test_one_worker_delivers_every_alert_and_checkpoints_each_shards_last_record
 ) -> None:
     kcl_env.seed_leases()
     kcl_env.put(payloads(2000))
-    workers.append(Worker(kcl_env, "w1"))
+    port = free_port()
+    workers.append(
+        Worker(
+            kcl_env,
+            "w1",
+            {"STREAMPROC__METRICS__ENABLED": "true", "STREAMPROC__METRICS__PORT": str(port)},
+        )
+    )
     expected = kcl_env.expected_alert_ids()
     assert len(expected) > 50  # the data set has enough of both rules to mean something
 
@@ -97,6 +107,17 @@ def test_one_worker_delivers_every_alert_and_checkpoints_each_shards_last_record
     assert per_rule["card_velocity"] > 0 and per_rule["high_value_out_of_state"] > 0
     processed = kcl_env.processed()["w1"]
     assert len(processed) == 2000 and len(set(processed)) == 2000
+    # The task's /metrics adds up its four children (one per shard).
+    scraped = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(scraped)
+        for sample in family.samples
+    }
+    read = {k[1][0][1]: v for k, v in samples.items() if k[0] == "streamproc_records_read_total"}
+    assert len(read) == 4 and sum(read.values()) == 2000
+    sent = samples[("streamproc_alerts_total", (("outcome", "sent"), ("sink", "dynamodb")))]
+    assert sent == len(expected)
     print(
         f"\n2,000 records on 4 shards: all checkpointed {took:.1f} s after start; alerts {per_rule}"
     )
