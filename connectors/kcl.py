@@ -163,9 +163,15 @@ class KclSource:
     checkpoint, and an older one is safe (it only replays more).
     """
 
-    def __init__(self, stream: str, store: CheckpointStore | None) -> None:
+    def __init__(
+        self, stream: str, store: CheckpointStore | None, floor: Position | None = None
+    ) -> None:
         self.stream = stream
         self.store = store
+        # The daemon's checkpoint when the shard was handed to us: records up to it are only
+        # replayed (window state), and checkpointing them again is pointless (and lower than
+        # the daemon's checkpoint, which it refuses).
+        self.floor = floor
         self.checkpointer: Any = None
         self.lost = False  # the lease is gone: never checkpoint again
         self.ended = False  # the shard's end is checkpointed
@@ -192,6 +198,10 @@ class KclSource:
         restore: RestorePoint | None = None,
     ) -> None:
         if self.lost:
+            return
+        if not shard_ended and (
+            position is None or (self.floor is not None and position <= self.floor)
+        ):
             return
         checkpointer = self.checkpointer
         if checkpointer is None:  # pragma: no cover - the runtime only runs inside daemon calls
@@ -447,7 +457,7 @@ def build_worker(config_path: str | None) -> ShardWorker:
     stream = config.source.stream
 
     def build(shard_id: str, checkpoint: Position | None) -> tuple[Any, KclSource, KclShardReader]:
-        source = KclSource(stream, store)
+        source = KclSource(stream, store, floor=checkpoint)
         processor = parts.processor_factory(shard_id)
         replay: ShardReader | None = None
         closed_through: Mapping[str, int] = {}

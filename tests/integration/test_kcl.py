@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import threading
 import time
 from collections import Counter
@@ -24,7 +25,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamproc.demo import DemoSpec, encode, transactions
 from streamproc.emulators import free_port
 from tests.integration.e2e import receive_all
-from tests.integration.kcl_harness import JARS, KclEnv, Worker, make_kcl_env, wait_for
+from tests.integration.kcl_harness import (
+    JARS,
+    KclEnv,
+    Worker,
+    descendants,
+    make_kcl_env,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -281,7 +289,22 @@ def test_sigterm_checkpoints_every_shard_and_exits_0_within_the_grace_period(
     assert "stopped cleanly" in worker.log()
     events = Counter(line["event"] for line in kcl_env.trace())
     assert events["shutdown_requested"] == 4
-    print(f"\ncheckpoints before SIGTERM: {before}\nexit status 0 after {took:.1f} s")
+
+    # A deploy: the next task picks up right after the checkpoints, reading nothing twice.
+    kcl_env.put(payloads(200, seed_offset=1))
+    successor = Worker(kcl_env, "w2")
+    workers.append(successor)
+    handoff = wait_for(
+        "the next task to process the new records",
+        lambda: len(kcl_env.processed()["w2"]) == 200,
+        FIRST_RECORDS_S,
+        [successor],
+    )
+    assert not set(kcl_env.processed()["w1"]) & set(kcl_env.processed()["w2"])
+    print(
+        f"\ncheckpoints before SIGTERM: {before}\nexit status 0 after {took:.1f} s; "
+        f"the next task processed new records {handoff:.1f} s after it started, none twice"
+    )
 
 
 def test_split_while_producing_keeps_each_keys_order_and_delivers_every_alert(
@@ -364,4 +387,52 @@ def test_split_while_producing_keeps_each_keys_order_and_delivers_every_alert(
     print(
         f"\nsplit {parent['ShardId']} into {sorted(children)}; all done {took:.1f} s after; "
         f"{len(crossing)} cards crossed the split in order; {len(expected)} alerts delivered"
+    )
+
+
+@pytest.mark.timeout(600)
+def test_a_crashed_child_stops_the_task_and_a_restart_delivers_everything(
+    kcl_env: KclEnv, workers: list[Worker]
+) -> None:
+    """A shard's child process dies (kill -9): the daemon shuts the whole task down with a
+    non-zero status instead of carrying on without it, so the task is restarted (ECS) and the
+    next worker reads again from the last checkpoint: nothing is lost or duplicated in effect.
+    (The restarted worker first waits for the dead one's KCL leader lock to expire: ~2 min.)"""
+    kcl_env.seed_leases()
+    kcl_env.put(payloads(600))
+    first = Worker(kcl_env, "w1")
+    workers.append(first)
+    wait_for(
+        "records to flow", lambda: len(kcl_env.processed()["w1"]) >= 200, FIRST_RECORDS_S, workers
+    )
+    children = [
+        pid
+        for pid in descendants(first.process.pid)
+        if b"connectors.kcl" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(children) == 4
+    os.kill(children[0], signal.SIGKILL)
+    kcl_env.put(payloads(600, seed_offset=1))
+    status = first.process.wait(timeout=120)
+    assert status != 0
+    assert "the daemon exited with status" in first.log()
+
+    second = Worker(kcl_env, "w2")
+    workers.append(second)
+    took = wait_for(
+        "every shard checkpointed at its last record",
+        lambda: checkpoints_reached(kcl_env),
+        300,
+        [second],
+    )
+    expected = kcl_env.expected_alert_ids()
+    assert set(kcl_env.alert_table_ids()) == expected
+    fifo = Counter(
+        body["alert_id"]
+        for body in receive_all(kcl_env.client("sqs"), kcl_env.resources.fifo_queue_url)
+    )
+    assert set(fifo) == expected and max(fifo.values()) == 1
+    print(
+        f"\nchild killed: task exited with status {status}; the restarted task delivered all "
+        f"{len(expected)} alerts and checkpointed every shard {took:.1f} s after it started"
     )

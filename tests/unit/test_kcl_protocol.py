@@ -261,3 +261,23 @@ def test_an_unexpected_error_exits_the_child_instead_of_acknowledging_the_batch(
     with pytest.raises(SystemExit):
         _Guard(Broken()).process_records(object())  # type: ignore[arg-type]
     assert exits == [1]
+
+
+def test_positions_up_to_the_daemons_own_checkpoint_are_not_checkpointed_again() -> None:
+    """Records replayed to rebuild window state end at the daemon's checkpoint: the runtime
+    settles them, but asking the daemon to checkpoint there again (or lower) is refused."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.calls: list[tuple[Any, ...]] = []
+
+        def checkpoint(self, *args: Any) -> None:
+            self.calls.append(args)
+
+    source = KclSource("stream", None, floor=Position.of("50"))
+    source.checkpointer = Recorder()
+    source.checkpoint(SHARD, Position.of("40"))
+    source.checkpoint(SHARD, Position.of("50"))
+    assert source.checkpointer.calls == []
+    source.checkpoint(SHARD, Position.of("51"))
+    assert source.checkpointer.calls == [("51", 0)]
