@@ -34,6 +34,7 @@ batch that was not fully handled; the task restarts and reads it again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import socket
@@ -46,7 +47,7 @@ from typing import Any, TextIO
 import orjson
 from botocore.config import Config as BotoConfig
 
-from connectors.kinesis import KinesisShardReader
+from connectors.kinesis import KinesisShardReader, PollSettings
 from streamproc.errors import StreamprocError, TransportError
 from streamproc.interfaces import CheckpointStore, RestorePoint, ShardReader
 from streamproc.records import Position, Record, RecordBatch
@@ -312,6 +313,7 @@ class ShardWorker:
         self.reader: KclShardReader | None = None
         self.shard_id = "-"
         self.done = False
+        self.empty_calls = 0  # processRecords without records (quiet shard): idle closes run
 
     # ---------------------------------------------------------------- daemon calls
 
@@ -356,6 +358,8 @@ class ShardWorker:
         ]
         if records:
             self._trace.write("records", self.shard_id, records)
+        else:
+            self.empty_calls += 1
         reader.push(RecordBatch(self.shard_id, records, process_records_input.millis_behind_latest))
         self._pump(reader)
 
@@ -392,7 +396,7 @@ class ShardWorker:
         self.runtime.stop()
         self.runtime.drain()
         totals = self.runtime.totals
-        self._trace.write("shutdown_requested", self.shard_id)
+        self._trace.write("shutdown_requested", self.shard_id, count=self.empty_calls)
         log.warning(
             "shard %s: shutdown requested: checkpointed at %s (%d records read, %s undecided)",
             self.shard_id,
@@ -453,6 +457,11 @@ def build_worker(config_path: str | None) -> ShardWorker:
 
     config = load_config(config_path)
     parts = build_parts(config)
+    # A shutdown must finish within the daemon's grace period, or the daemon moves on without
+    # our final checkpoint: drain for at most the grace period less a margin.
+    grace_s = config.kcl.shutdown_grace_ms / 1000
+    drain_s = min(config.runtime.drain_timeout_s, max(1.0, grace_s - 3.0))
+    parts.settings = dataclasses.replace(parts.settings, drain_timeout_s=drain_s)
     store = checkpoint_store(config, parts)
     stream = config.source.stream
 
@@ -478,6 +487,9 @@ def build_worker(config_path: str | None) -> ShardWorker:
                     stream=stream,
                     shard_id=shard_id,
                     resume_after=Position(start.sequence_number, start.sub_sequence_number - 1),
+                    # The daemon does not read this shard while we rebuild: use the whole
+                    # GetRecords budget (5 calls/s of up to 10,000 records).
+                    settings=PollSettings(max_records_per_call=10_000, min_call_interval=0.2),
                 )
                 closed_through = restore.closed_through
                 log.info(
@@ -507,7 +519,7 @@ def build_worker(config_path: str | None) -> ShardWorker:
     return ShardWorker(
         build,
         trace=Trace(os.environ.get("STREAMPROC_KCL_TRACE"), worker),
-        drain_timeout_s=config.runtime.drain_timeout_s,
+        drain_timeout_s=drain_s,
     )
 
 
@@ -527,15 +539,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     from amazon_kclpy import kcl
 
+    # The real stdout is the daemon's protocol channel. Anything else that prints (a rule module
+    # calling print, at import or per record; a library) goes to stderr instead of corrupting it.
+    protocol = sys.stdout
+    sys.stdout = sys.stderr
     try:
         worker = build_worker(args.config)
     except StreamprocError as exc:
         print(f"streamproc kcl child: {exc}", file=sys.stderr)
         return 2
-    # The real stdout is the daemon's protocol channel. Anything else that prints (a rule module
-    # calling print, a library) goes to stderr instead of corrupting it.
-    protocol = sys.stdout
-    sys.stdout = sys.stderr
     process = kcl.KCLProcess(_Guard(worker), input_file=sys.stdin, output_file=protocol)
     try:
         process.run()
