@@ -204,3 +204,23 @@ def checkpoint_store(aws_client: Any, unique_name: str) -> DynamoDbCheckpointSto
     ddb = aws_client("dynamodb")
     ensure_table(ddb, f"{unique_name}-checkpoints")
     return DynamoDbCheckpointStore(ddb, f"{unique_name}-checkpoints")
+
+
+# Figures the KCL tests measured (takeover time, re-delivered records, ...), printed at the end
+# of the run so CI logs show them without -s.
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Any:
+    def add(text: str) -> None:
+        FIGURES.append(f"{request.node.name}: {text.strip()}")
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES:
+        terminalreporter.section("figures measured by the tests")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -83,7 +84,7 @@ def checkpoints_reached(env: KclEnv) -> bool:
 
 
 def test_one_worker_delivers_every_alert_and_checkpoints_each_shards_last_record(
-    kcl_env: KclEnv, workers: list[Worker]
+    kcl_env: KclEnv, workers: list[Worker], figures: Any
 ) -> None:
     kcl_env.seed_leases()
     kcl_env.put(payloads(2000))
@@ -126,7 +127,7 @@ def test_one_worker_delivers_every_alert_and_checkpoints_each_shards_last_record
     assert len(read) == 4 and sum(read.values()) == 2000
     sent = samples[("streamproc_alerts_total", (("outcome", "sent"), ("sink", "dynamodb")))]
     assert sent == len(expected)
-    print(
+    figures(
         f"\n2,000 records on 4 shards: all checkpointed {took:.1f} s after start; alerts {per_rule}"
     )
     time.sleep(0)
@@ -144,7 +145,7 @@ def is_leader(worker: Worker) -> bool:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("role", ["follower", "leader"])
 def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
-    kcl_env: KclEnv, workers: list[Worker], role: str
+    kcl_env: KclEnv, workers: list[Worker], role: str, figures: Any
 ) -> None:
     """Two workers share 4 shards; one is killed with SIGKILL (wrapper, JVM and children at
     once) while records flow. The other takes its leases over, rebuilds their window state from
@@ -170,7 +171,7 @@ def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
         workers,
     )
     held_before = owners(kcl_env)
-    print(f"\nleases after {took:.1f} s: {held_before}")
+    figures(f"\nleases after {took:.1f} s: {held_before}")
 
     producer = threading.Thread(target=kcl_env.put, args=(records[1000:],), kwargs={"batch": 50})
     producer.start()
@@ -241,7 +242,7 @@ def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
         body["detail"]["alert_id"]
         for body in receive_all(kcl_env.client("sqs"), kcl_env.resources.eventbridge_inbox_url)
     )
-    print(
+    figures(
         f"killed {victim.worker_id} ({role}) holding {sorted(victim_shards)}; "
         f"{survivor.worker_id} had them all {takeover_s:.1f} s later; "
         f"{redelivered} records re-delivered to the survivor; "
@@ -252,7 +253,7 @@ def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
 
 
 def test_sigterm_checkpoints_every_shard_and_exits_0_within_the_grace_period(
-    kcl_env: KclEnv, workers: list[Worker]
+    kcl_env: KclEnv, workers: list[Worker], figures: Any
 ) -> None:
     """With periodic checkpoints effectively off (every hour), only the shutdown can move the
     lease table's checkpoints to the end: SIGTERM → shutdownRequested in every child → drain
@@ -305,7 +306,7 @@ def test_sigterm_checkpoints_every_shard_and_exits_0_within_the_grace_period(
         [successor],
     )
     assert not set(kcl_env.processed()["w1"]) & set(kcl_env.processed()["w2"])
-    print(
+    figures(
         f"\ncheckpoints before SIGTERM: {before}\nexit status 0 after {took:.1f} s; "
         f"the next task processed new records {handoff:.1f} s after it started, none twice"
     )
@@ -317,6 +318,7 @@ def test_split_while_producing_keeps_each_keys_order_and_delivers_every_alert(
     unique_name: str,
     tmp_path: Path,
     workers: list[Worker],
+    figures: Any,
 ) -> None:
     """A shard is split while records flow. The daemon starts a child shard only after its parent
     is read to its end and checkpointed (SHARD_END through our shard_ended), so every card's
@@ -388,7 +390,7 @@ def test_split_while_producing_keeps_each_keys_order_and_delivers_every_alert(
 
     expected = env.expected_alert_ids()
     assert set(env.alert_table_ids()) == expected
-    print(
+    figures(
         f"\nsplit {parent['ShardId']} into {sorted(children)}; all done {took:.1f} s after; "
         f"{len(crossing)} cards crossed the split in order; {len(expected)} alerts delivered"
     )
@@ -396,7 +398,7 @@ def test_split_while_producing_keeps_each_keys_order_and_delivers_every_alert(
 
 @pytest.mark.timeout(600)
 def test_a_crashed_child_stops_the_task_and_a_restart_delivers_everything(
-    kcl_env: KclEnv, workers: list[Worker]
+    kcl_env: KclEnv, workers: list[Worker], figures: Any
 ) -> None:
     """A shard's child process dies (kill -9): the daemon shuts the whole task down with a
     non-zero status instead of carrying on without it, so the task is restarted (ECS) and the
@@ -436,7 +438,7 @@ def test_a_crashed_child_stops_the_task_and_a_restart_delivers_everything(
         for body in receive_all(kcl_env.client("sqs"), kcl_env.resources.fifo_queue_url)
     )
     assert set(fifo) == expected and max(fifo.values()) == 1
-    print(
+    figures(
         f"\nchild killed: task exited with status {status}; the restarted task delivered all "
         f"{len(expected)} alerts and checkpointed every shard {took:.1f} s after it started"
     )
