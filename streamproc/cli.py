@@ -219,6 +219,10 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
             f"lateness: {window_rule.allowed_lateness_ms} ms  late: {window_rule.late}  "
             f"sinks: {sinks}  from {window_rule.origin}"
         )
+    for spec in ruleset.stateful_rules:
+        sinks = ", ".join(spec.sinks) or "all sinks"
+        print(f"{spec.name} v{spec.version}  [{spec.kind}]  {spec.summary()}")
+        print(f"    sinks: {sinks}  from {spec.origin}")
     print(f"{len(ruleset)} rule(s)")
     return 0
 

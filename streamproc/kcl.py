@@ -15,6 +15,7 @@ forwarded stop counts as a clean exit (0).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -232,16 +234,32 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _stop_with_parent() -> None:
-    """In the daemon's process before exec: SIGTERM it if we die (Linux), so a killed wrapper
-    never leaves a daemon holding leases behind."""
+def _death_signal_setter() -> Callable[[], None] | None:
+    """A pre-exec hook that makes the daemon get SIGTERM when we die (Linux PR_SET_PDEATHSIG),
+    so a killed wrapper never leaves a daemon holding leases. Resolved here, before the fork:
+    importing or loading libraries in the forked child could deadlock on a lock held by another
+    thread (the metrics server)."""
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):  # not Linux: nothing to set
-        pass
+        return None
+    term = int(signal.SIGTERM)
+
+    def hook() -> None:
+        prctl(1, term)  # PR_SET_PDEATHSIG
+
+    return hook
+
+
+def exit_status(status: int, *, stop_requested: bool) -> int:
+    """Our exit status for the daemon's: 0 after a requested stop that ended with the JVM's
+    SIGTERM status (143, or -15 if it died of the signal itself); otherwise the shell's
+    convention (128 + signal for a signal)."""
+    if stop_requested and status in (0, 143, -int(signal.SIGTERM)):
+        return 0
+    return status if status >= 0 else 128 - status
 
 
 def run_daemon(
@@ -274,55 +292,73 @@ def run_daemon(
         file=out,
         flush=True,
     )
-    # A session of its own: a terminal's Ctrl-C reaches only us, and we stop the daemon
-    # gracefully instead of every child dying mid-batch.
-    daemon = subprocess.Popen(  # noqa: S603 - our own argv, no shell
-        command, env=env, start_new_session=True, preexec_fn=_stop_with_parent
-    )
     stop_requested_at: list[float] = []
+    daemon: subprocess.Popen[bytes] | None = None
 
     def forward(signum: int, _frame: FrameType | None) -> None:
-        if not stop_requested_at:
-            stop_requested_at.append(time.monotonic())
-            print(
-                f"streamproc kcl: {signal.Signals(signum).name}: asking the daemon to checkpoint "
-                f"and stop (up to {config.kcl.stop_timeout_s:.0f} s)",
-                file=out,
-                flush=True,
-            )
+        if stop_requested_at:
+            return
+        stop_requested_at.append(time.monotonic())
+        print(
+            f"streamproc kcl: {signal.Signals(signum).name}: asking the daemon to checkpoint "
+            f"and stop (up to {config.kcl.stop_timeout_s:.0f} s)",
+            file=out,
+            flush=True,
+        )
+        if daemon is not None:
             daemon.send_signal(signal.SIGTERM)
 
+    # Handlers first: a stop that arrives while the daemon starts is still forwarded.
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while True:
-            try:
-                status = daemon.wait(timeout=0.5)
-                break
-            except subprocess.TimeoutExpired:
-                if metrics is not None:
-                    metrics.reap()
-                if (
-                    stop_requested_at
-                    and time.monotonic() - stop_requested_at[0] > config.kcl.stop_timeout_s
-                ):
-                    print(
-                        "streamproc kcl: the daemon did not stop in time; killing it",
-                        file=out,
-                        flush=True,
-                    )
-                    daemon.kill()
+        # A session of its own: a terminal's Ctrl-C reaches only us, and we stop the daemon
+        # gracefully instead of every child dying mid-batch.
+        daemon = subprocess.Popen(  # noqa: S603 - our own argv, no shell
+            command, env=env, start_new_session=True, preexec_fn=_death_signal_setter()
+        )
+        if stop_requested_at:
+            daemon.send_signal(signal.SIGTERM)
+        status = _wait(daemon, metrics, stop_requested_at, config.kcl.stop_timeout_s, out)
+    except BaseException:
+        if daemon is not None and daemon.poll() is None:  # never leave the daemon behind
+            _kill_session(daemon)
+        raise
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    if stop_requested_at and status in (0, 143):
+    code = exit_status(status, stop_requested=bool(stop_requested_at))
+    if stop_requested_at and code == 0:
         took = time.monotonic() - stop_requested_at[0]
-        print(f"streamproc kcl: stopped cleanly in {took:.1f} s", file=out, flush=True)
-        return 0
-    if status == 0:
-        return 0
-    print(
-        f"streamproc kcl: the daemon exited with status {status} (its log above says why)",
-        file=out,
-        flush=True,
-    )
-    return status if status > 0 else 128 - status  # killed by a signal: the shell's convention
+        print(f"streamproc kcl: stopped in {took:.1f} s", file=out, flush=True)
+    elif code != 0:
+        print(
+            f"streamproc kcl: the daemon exited with status {status} (its log above says why)",
+            file=out,
+            flush=True,
+        )
+    return code
+
+
+def _wait(
+    daemon: subprocess.Popen[bytes],
+    metrics: ChildMetrics | None,
+    stop_requested_at: list[float],
+    stop_timeout_s: float,
+    out: TextIO,
+) -> int:
+    while True:
+        try:
+            return daemon.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            if metrics is not None:
+                metrics.reap()
+            if stop_requested_at and time.monotonic() - stop_requested_at[0] > stop_timeout_s:
+                print("streamproc kcl: the daemon did not stop in time; killing it", file=out)
+                _kill_session(daemon)
+
+
+def _kill_session(daemon: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the daemon and its shard processes (its session's process group)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(daemon.pid, signal.SIGKILL)
+    daemon.wait(timeout=10)

@@ -116,7 +116,13 @@ class ShardProcessor:
             self.default_sinks,
             max_event_time_skew_ms=max_event_time_skew_ms,
         )
-        self._has_windows = bool(ruleset.window_rules)
+        # Model and inventory rules: per-shard state, decided at the end of each batch.
+        self._stateful = [
+            spec.build(shard_id, self.default_sinks, identity_field)
+            for spec in ruleset.stateful_rules
+        ]
+        # "Windows" below means any state rebuilt by replay: window rules and stateful rules.
+        self._has_windows = bool(ruleset.window_rules) or bool(self._stateful)
         self.last_position: Position | None = None
         self._restore_until: Position | None = None
         self._restore_point: RestorePoint | None = None
@@ -132,9 +138,7 @@ class ShardProcessor:
         if not self._has_windows:
             return None
         windows = self.windows
-        return RestorePoint(
-            windows.oldest_position(), dict(windows.closed_through), windows.closed_at_ms
-        )
+        return RestorePoint(self.replay_from(), dict(windows.closed_through), windows.closed_at_ms)
 
     def _finish_restore(self) -> None:
         point = self._restore_point
@@ -152,7 +156,8 @@ class ShardProcessor:
         limits = self.limits
         identity_field = self.identity_field
         event_time_field = self.event_time_field
-        windows = self.windows if self._has_windows else None
+        windows = self.windows if self.ruleset.window_rules else None
+        stateful = self._stateful
         rejected: list[tuple[str, str]] = []
         for record in records:
             restoring = False
@@ -178,6 +183,8 @@ class ShardProcessor:
                         doc, record, _identity(doc, identity_field, record), None, rejected
                     )
                     rejected.clear()
+                for state in stateful:
+                    state.on_record(doc, record, _identity(doc, identity_field, record), True)
                 if record.position == self._restore_until:
                     self._finish_restore()
                 continue
@@ -224,6 +231,15 @@ class ShardProcessor:
                 for rule_name, reason in rejected:
                     dead.append(_record_dead_letter(record, reason, rule_name))
                 rejected.clear()
+            if stateful:
+                if identity is None:
+                    identity = _identity(doc, identity_field, record)
+                for state in stateful:
+                    refused = state.on_record(doc, record, identity, False)
+                    if refused is not None:
+                        dead.append(_record_dead_letter(record, refused))
+        for state in stateful:
+            state.end_batch(alerts, dead)
         if records:
             self.last_position = records[-1].position
         return result
@@ -234,8 +250,26 @@ class ShardProcessor:
         return self.windows.flush(shard_id, self.last_position) if self._has_windows else []
 
     def replay_from(self) -> Position | None:
-        """The oldest record still held in window state (None: none held)."""
-        return self.windows.oldest_position() if self._has_windows else None
+        """The oldest record still held in window or rule state (None: none held)."""
+        if not self._has_windows:
+            return None
+        oldest = self.windows.oldest_position()
+        for state in self._stateful:
+            position = state.oldest_position()
+            if position is not None and (oldest is None or position < oldest):
+                oldest = position
+        return oldest
+
+    def state_keys(self) -> list[tuple[str, int]]:
+        """(rule, keys holding state) for every window and stateful rule."""
+        windows = self.windows
+        out = [
+            (r.name, op.state_size()[0])
+            for r, op in zip(windows.rules, windows.operators, strict=True)
+        ]
+        specs = self.ruleset.stateful_rules
+        out += [(spec.name, st.key_count()) for spec, st in zip(specs, self._stateful, strict=True)]
+        return out
 
     def holds_window_state(self) -> bool:
         return self._has_windows and self.windows.holds_state()
@@ -243,6 +277,11 @@ class ShardProcessor:
     @property
     def has_windows(self) -> bool:
         return self._has_windows
+
+    @property
+    def restoring(self) -> bool:
+        """Records an earlier run processed are being replayed to rebuild state."""
+        return self._restore_until is not None
 
 
 def _identity(doc: Mapping[str, Any], identity_field: str, record: Record) -> str:

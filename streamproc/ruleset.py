@@ -46,6 +46,7 @@ import orjson
 from streamproc.errors import MissingFieldError, RuleCompileError
 from streamproc.records import SEVERITIES, Severity
 from streamproc.sql import compile_condition, field_getter
+from streamproc.stateful import StatefulRuleSpec
 from streamproc.windowspec import EmitMode, LatePolicy, WindowRule
 from streamproc.windowsql import compile_window_sql
 
@@ -143,11 +144,19 @@ class RuleSet:
 
     rules: tuple[Rule, ...]
     window_rules: tuple[WindowRule, ...] = ()
-    _by_name: dict[str, Rule | WindowRule] = field(init=False, repr=False, compare=False)
+    # Model and inventory rules (streamproc.stateful): per-shard state, decided per batch.
+    stateful_rules: tuple[StatefulRuleSpec, ...] = ()
+    _by_name: dict[str, Rule | WindowRule | StatefulRuleSpec] = field(
+        init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        by_name: dict[str, Rule | WindowRule] = {}
-        items: tuple[Rule | WindowRule, ...] = (*self.rules, *self.window_rules)
+        by_name: dict[str, Rule | WindowRule | StatefulRuleSpec] = {}
+        items: tuple[Rule | WindowRule | StatefulRuleSpec, ...] = (
+            *self.rules,
+            *self.window_rules,
+            *self.stateful_rules,
+        )
         for item in items:
             if (first := by_name.get(item.name)) is not None:
                 file, line = _split_origin(item.origin)
@@ -162,10 +171,11 @@ class RuleSet:
             by_name[item.name] = item
         object.__setattr__(self, "rules", tuple(self.rules))
         object.__setattr__(self, "window_rules", tuple(self.window_rules))
+        object.__setattr__(self, "stateful_rules", tuple(self.stateful_rules))
         object.__setattr__(self, "_by_name", by_name)
 
     def __len__(self) -> int:
-        return len(self.rules) + len(self.window_rules)
+        return len(self.rules) + len(self.window_rules) + len(self.stateful_rules)
 
     def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)
@@ -182,6 +192,13 @@ class RuleSet:
             return found
         raise self._unknown(name, WindowRule)
 
+    def stateful_by_name(self, name: str) -> StatefulRuleSpec:
+        """The model or inventory rule called ``name``; KeyError if there is none."""
+        if isinstance(found := self._by_name.get(name), StatefulRuleSpec):
+            return found
+        known = sorted(n for n, i in self._by_name.items() if isinstance(i, StatefulRuleSpec))
+        raise KeyError(f"no model or inventory rule named {name!r}; known: {known}")
+
     def _unknown(self, name: str, kind: type[Rule | WindowRule]) -> KeyError:
         known = sorted(n for n, item in self._by_name.items() if isinstance(item, kind))
         what = "window rule" if kind is WindowRule else "rule"
@@ -191,7 +208,7 @@ class RuleSet:
     def fields(self) -> frozenset[str] | None:
         """Union of the rules' fields, or None if any rule's fields are unknown (always when there
         are window rules: a WindowRule does not record the fields its WHERE reads)."""
-        if self.window_rules:
+        if self.window_rules or self.stateful_rules:
             return None
         result: set[str] = set()
         for item in self.rules:
@@ -341,7 +358,7 @@ def load_rules(paths: Sequence[str | Path]) -> RuleSet:
             problem = "is not a .py file or a directory" if entry.exists() else "does not exist"
             raise RuleCompileError(f"rule path {problem}", file=str(entry))
     loaded: dict[Path, None] = {}  # a file named twice (a directory and itself) loads once
-    rules: list[Rule | WindowRule] = []
+    rules: list[Rule | WindowRule | StatefulRuleSpec] = []
     for file in files:
         if file.resolve() not in loaded:
             loaded[file.resolve()] = None
@@ -353,7 +370,11 @@ def load_rules(paths: Sequence[str | Path]) -> RuleSet:
             "big = rule(name='big', condition='amount > 1000', select=['tx_id'])",
         )
     conditions = tuple(item for item in rules if isinstance(item, Rule))
-    return RuleSet(conditions, tuple(item for item in rules if isinstance(item, WindowRule)))
+    return RuleSet(
+        conditions,
+        tuple(item for item in rules if isinstance(item, WindowRule)),
+        tuple(item for item in rules if isinstance(item, StatefulRuleSpec)),
+    )
 
 
 class _SourceLoader(importlib.machinery.SourceFileLoader):
@@ -364,7 +385,7 @@ class _SourceLoader(importlib.machinery.SourceFileLoader):
         return compile(self.get_data(self.path), self.path, "exec", dont_inherit=True)
 
 
-def _load_module(file: Path) -> list[Rule | WindowRule]:
+def _load_module(file: Path) -> list[Rule | WindowRule | StatefulRuleSpec]:
     digest = hashlib.blake2b(str(file.resolve()).encode(), digest_size=4).hexdigest()
     stem = re.sub(r"\W", "_", file.stem)
     module_name = f"streamproc_rules.{stem}_{digest}"
@@ -396,9 +417,10 @@ def _load_module(file: Path) -> list[Rule | WindowRule]:
             line=frames[-1].lineno if frames else None,
             hint="a rule module may only declare rules and import what they need",
         ) from error
-    found: dict[int, Rule | WindowRule] = {}  # by identity: a rule bound to two names counts once
+    # By identity: a rule bound to two names counts once.
+    found: dict[int, Rule | WindowRule | StatefulRuleSpec] = {}
     for value in vars(module).values():
-        if isinstance(value, Rule | WindowRule):
+        if isinstance(value, Rule | WindowRule | StatefulRuleSpec):
             found.setdefault(id(value), value)
     return list(found.values())
 

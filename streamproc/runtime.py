@@ -290,6 +290,7 @@ class Runtime:
         processor = shard.processor
         return (
             processor.has_windows
+            and not processor.restoring  # a rebuild in progress is not silence
             and self.clock() - shard.last_data_at >= self.settings.idle_close_s
             and processor.holds_window_state()
         )
@@ -440,7 +441,7 @@ class Runtime:
     def _export_window_state(self, shard_id: str, shard: _Shard) -> None:
         """Window memory as a gauge (O(keys): done at checkpoint time, not per batch)."""
         if shard.processor.has_windows:
-            for rule, keys in _window_keys(shard):
+            for rule, keys in shard.processor.state_keys():
                 self.metrics.window_keys.labels(shard_id, rule).set(keys)
 
     def _settle_and_checkpoint(self, *, force: bool) -> bool:
@@ -509,13 +510,6 @@ class Runtime:
                 self.totals.shards_ended += 1
                 self.totals.shards_active = len(self._shards)
         return all_written
-
-
-def _window_keys(shard: _Shard) -> list[tuple[str, int]]:
-    windows = shard.processor.windows
-    return [
-        (r.name, op.state_size()[0]) for r, op in zip(windows.rules, windows.operators, strict=True)
-    ]
 
 
 def _failures(sink: Sink) -> int:

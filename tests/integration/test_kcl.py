@@ -105,9 +105,8 @@ def test_one_worker_delivers_every_alert_and_checkpoints_each_shards_last_record
         FIRST_RECORDS_S,
         workers,
     )
-    delivered = kcl_env.alert_table_ids()
-    assert set(delivered) == expected
-    assert len(delivered) == len(expected)
+    # The alert table's key is alert_id: the table cannot hold duplicates; the FIFO queue can.
+    assert set(kcl_env.alert_table_ids()) == expected
     fifo = receive_all(kcl_env.client("sqs"), kcl_env.resources.fifo_queue_url)
     counts = Counter(body["alert_id"] for body in fifo)
     assert set(counts) == expected
@@ -130,7 +129,6 @@ def test_one_worker_delivers_every_alert_and_checkpoints_each_shards_last_record
     figures(
         f"\n2,000 records on 4 shards: all checkpointed {took:.1f} s after start; alerts {per_rule}"
     )
-    time.sleep(0)
 
 
 def owners(env: KclEnv) -> dict[str, str]:
@@ -287,7 +285,7 @@ def test_sigterm_checkpoints_every_shard_and_exits_0_within_the_grace_period(
     assert status == 0, worker.log()[-3000:]
     assert took < 20.0
     assert checkpoints_reached(kcl_env)
-    assert "stopped cleanly" in worker.log()
+    assert "streamproc kcl: stopped in" in worker.log()
     events = Counter(line["event"] for line in kcl_env.trace())
     assert events["shutdown_requested"] == 4
     # Quiet shards still got calls (callProcessRecordsEvenForEmptyRecordList): the runtime's

@@ -22,9 +22,12 @@ import pytest
 from amazon_kclpy import kcl
 
 import connectors.kcl as kcl_child
-from connectors.kcl import KclShardReader, KclSource, ShardWorker, _Guard
+from connectors.kcl import _Guard
+from connectors.kcl_worker import KclShardReader, KclSource, ShardWorker
+from streamproc.errors import TransportError
+from streamproc.interfaces import RestorePoint
 from streamproc.processor import ShardProcessor
-from streamproc.records import Position
+from streamproc.records import Position, Record, RecordBatch
 from streamproc.ruleset import RuleSet, rule
 from streamproc.runtime import Runtime, RuntimeSettings
 from tests.unit.memory import MemoryDeadLetter, MemorySink
@@ -110,7 +113,7 @@ def process(*records: dict[str, Any]) -> dict[str, Any]:
 
 
 class Harness:
-    def __init__(self, *, sink_accepting: bool = True) -> None:
+    def __init__(self, *, sink_accepting: bool = True, max_inflight: int = 1) -> None:
         self.sink = MemorySink(name="memory", accepting=sink_accepting)
         self.dead_letter = MemoryDeadLetter()
         self.sources: list[KclSource] = []
@@ -128,13 +131,15 @@ class Harness:
                 lambda _s: processor,
                 {"memory": self.sink},
                 self.dead_letter,
-                settings=RuntimeSettings(checkpoint_interval_s=0.0, max_inflight_records=1),
+                settings=RuntimeSettings(
+                    checkpoint_interval_s=0.0, max_inflight_records=max_inflight
+                ),
                 clock=lambda: self.now,
             )
             self.sources.append(source)
             return runtime, source, reader
 
-        self.worker = ShardWorker(build, linger_s=0.0, drain_timeout_s=0.5)
+        self.worker = ShardWorker(build, linger_s=0.0, drain_timeout_s=0.5, report_every_s=0.2)
         self.daemon = FakeDaemon(self.worker)
         self.daemon.send(
             {
@@ -215,29 +220,150 @@ def test_shutdown_exception_stops_the_shard_without_further_checkpoints(harness:
     assert h.daemon.checkpoints == [] and len(h.sink.delivered) == delivered
 
 
-def test_shard_end_is_checkpointed_without_a_position_after_every_alert(harness: Any) -> None:
-    h = harness()
+def test_shard_end_waits_for_every_alert_then_checkpoints_without_a_position(
+    harness: Any,
+) -> None:
+    """The daemon sends shardEnded once per child: the end must not be given up on while a sink
+    is slow (the children shards wait for it), however long that takes."""
+    h = harness(max_inflight=100)
+    h.sink.accepting = False
     h.daemon.send(process(record(1, 500.0)))
-    h.daemon.send({"action": "shardEnded"})
-    assert h.daemon.checkpoints[-1] == (None, None)  # the daemon's SHARD_END
+    ending = threading.Thread(target=h.daemon.send, args=({"action": "shardEnded"},))
+    ending.start()
+    ending.join(timeout=1.0)  # twice the drain timeout: still waiting, nothing checkpointed
+    assert ending.is_alive() and h.daemon.checkpoints == []
+    h.sink.accepting = True
+    ending.join(timeout=5)
+    assert not ending.is_alive()
+    assert h.daemon.checkpoints == [(None, None)]  # the daemon's SHARD_END
     assert h.sources[0].ended and h.worker.done
 
 
-def test_shutdown_requested_drains_and_checkpoints(harness: Any) -> None:
-    h = harness()
+def test_shutdown_requested_delivers_held_alerts_then_checkpoints(harness: Any) -> None:
+    h = harness(max_inflight=100)
+    h.sink.accepting = False
     h.daemon.send(process(record(1, 500.0), record(2, 900.0)))
+    assert h.daemon.checkpoints == []  # the alerts are not acknowledged yet
+    h.sink.accepting = True
     h.daemon.send({"action": "shutdownRequested"})
-    assert h.daemon.checkpoints[-1] == ("2", 0)
-    assert h.worker.done
+    assert h.daemon.checkpoints == [("2", 0)]
+    assert len(h.sink.delivered) == 2 and h.worker.done
 
 
-def test_lease_lost_checkpoints_nothing_more(harness: Any) -> None:
-    h = harness()
+def test_lease_lost_drops_pending_work_without_checkpointing(harness: Any) -> None:
+    h = harness(max_inflight=100)
+    h.sink.accepting = False
     h.daemon.send(process(record(1, 500.0)))
-    before = list(h.daemon.checkpoints)
     h.daemon.send({"action": "leaseLost"})
-    h.daemon.send(process(record(2, 900.0)))
-    assert h.daemon.checkpoints == before and h.sources[0].lost
+    h.sink.accepting = True
+    assert h.daemon.checkpoints == [] and h.sources[0].lost and h.worker.done
+
+
+class MemoryStore:
+    """A CheckpointStore in memory (never moves backwards, like the DynamoDB one)."""
+
+    def __init__(self) -> None:
+        self.saves: list[tuple[Position | None, RestorePoint | None]] = []
+
+    def load(self, stream: str, shard_id: str) -> Any:
+        return None
+
+    def save(
+        self,
+        stream: str,
+        shard_id: str,
+        position: Position | None,
+        *,
+        shard_ended: bool = False,
+        restore: RestorePoint | None = None,
+    ) -> None:
+        self.saves.append((position, restore))
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    def checkpoint(self, *args: Any) -> None:
+        self.calls.append(args)
+
+
+def test_positions_up_to_the_daemons_own_checkpoint_are_not_checkpointed_again() -> None:
+    """Records replayed to rebuild window state end at the daemon's checkpoint: the runtime
+    settles them, but asking the daemon to checkpoint there again (or lower) is refused. A
+    window close there (idle close on a quiet shard) is still stored, at the daemon's position,
+    so the next owner does not reopen those windows."""
+    store = MemoryStore()
+    source = KclSource("stream", store, floor=Position.of("50"))
+    source.checkpointer = Recorder()
+    source.checkpoint(SHARD, Position.of("40"))
+    source.checkpoint(SHARD, Position.of("50"))
+    assert source.checkpointer.calls == [] and store.saves == []
+    closed = RestorePoint(Position.of("30"), {"velocity": 123}, 1)
+    source.checkpoint(SHARD, Position.of("45"), restore=closed)
+    assert source.checkpointer.calls == []
+    assert store.saves == [(Position.of("50"), closed)]
+    source.checkpoint(SHARD, Position.of("51"), restore=closed)
+    assert source.checkpointer.calls == [("51", 0)]
+    assert store.saves[-1] == (Position.of("51"), closed)
+
+
+class ScriptedReplay:
+    """A ShardReader that returns scripted batches (the replay of a KclShardReader)."""
+
+    def __init__(self, batches: list[Any], finished_after: bool = False) -> None:
+        self.batches = batches
+        self.finished_after = finished_after
+        self.closed = False
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_after and not self.batches
+
+    def next_batch(self) -> Any:
+        if not self.batches:
+            return None
+        item = self.batches.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def rec(seq: int) -> Record:
+    return Record(b"{}", "k", str(seq), 0, 0, SHARD)
+
+
+def test_the_replay_ends_at_the_daemons_checkpoint_and_drops_what_follows() -> None:
+    replay = ScriptedReplay(
+        [RecordBatch(SHARD, [rec(1), rec(2)], 10), RecordBatch(SHARD, [rec(3), rec(4)], 0)]
+    )
+    reader = KclShardReader(SHARD, replay=replay, restore_until=Position.of("3"))
+    assert [r.sequence_number for r in reader.next_batch().records] == ["1", "2"]  # type: ignore[union-attr]
+    assert [r.sequence_number for r in reader.next_batch().records] == ["3"]  # type: ignore[union-attr]
+    assert not reader.replaying and replay.closed and reader.restore_until == Position.of("3")
+    reader.push(RecordBatch(SHARD, [rec(5)]))
+    assert [r.sequence_number for r in reader.next_batch().records] == ["5"]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        [RecordBatch(SHARD, [rec(1)], 0), RecordBatch(SHARD, [], 0)],  # caught up, no checkpoint
+        [RecordBatch(SHARD, [rec(1)], 5), TransportError("gone", retryable=False)],
+    ],
+    ids=["caught-up-without-the-checkpoint", "read-error"],
+)
+def test_a_replay_that_cannot_reach_the_checkpoint_ends_with_a_warning(
+    script: list[Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    reader = KclShardReader(SHARD, replay=ScriptedReplay(script), restore_until=Position.of("9"))
+    while reader.replaying:
+        reader.next_batch()
+    assert reader.restore_until is None
+    assert "rebuilt only partly" in caplog.text
 
 
 def test_an_unexpected_error_exits_the_child_instead_of_acknowledging_the_batch(
@@ -261,23 +387,3 @@ def test_an_unexpected_error_exits_the_child_instead_of_acknowledging_the_batch(
     with pytest.raises(SystemExit):
         _Guard(Broken()).process_records(object())  # type: ignore[arg-type]
     assert exits == [1]
-
-
-def test_positions_up_to_the_daemons_own_checkpoint_are_not_checkpointed_again() -> None:
-    """Records replayed to rebuild window state end at the daemon's checkpoint: the runtime
-    settles them, but asking the daemon to checkpoint there again (or lower) is refused."""
-
-    class Recorder:
-        def __init__(self) -> None:
-            self.calls: list[tuple[Any, ...]] = []
-
-        def checkpoint(self, *args: Any) -> None:
-            self.calls.append(args)
-
-    source = KclSource("stream", None, floor=Position.of("50"))
-    source.checkpointer = Recorder()
-    source.checkpoint(SHARD, Position.of("40"))
-    source.checkpoint(SHARD, Position.of("50"))
-    assert source.checkpointer.calls == []
-    source.checkpoint(SHARD, Position.of("51"))
-    assert source.checkpointer.calls == [("51", 0)]

@@ -1,0 +1,69 @@
+"""Rule kinds that keep state per shard and decide per batch: model scoring, inventory.
+
+A condition rule looks at one record; a window rule aggregates per key and window. The kinds here
+are declared in rule modules like the others (``model_rule(...)``, ``inventory_rule(...)``) and
+plug into the shard processor through two small interfaces:
+
+- :class:`StatefulRuleSpec`, the declaration: validated at load time (``streamproc rules
+  check``), shared by every shard, builds one :class:`ShardState` per shard;
+- :class:`ShardState`, the per-shard state: it sees every decoded record in order
+  (``on_record``), including records replayed after a restart only to rebuild state
+  (``restoring=True``: update state, decide nothing), and emits its alerts at the end of each
+  batch (``end_batch``), which is where a model scores the whole batch in one call.
+
+Like window state, their state is rebuilt after a restart or a lease move by replaying from
+``oldest_position()``; it must therefore depend only on the records, in order.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+from streamproc.records import Alert, DeadLetter, Position, Record
+
+
+class ShardState(ABC):
+    """One stateful rule's state on one shard."""
+
+    @abstractmethod
+    def on_record(
+        self, doc: Mapping[str, Any], record: Record, identity: str, restoring: bool
+    ) -> str | None:
+        """Take one decoded record into account. Returns a reason if the record cannot be used
+        by this rule (it is dead-lettered, unless restoring), else None."""
+
+    @abstractmethod
+    def end_batch(self, alerts: list[Alert], dead: list[DeadLetter]) -> None:
+        """Decide the batch: append alerts (and dead letters for records it could not score)."""
+
+    @abstractmethod
+    def oldest_position(self) -> Position | None:
+        """The earliest record the state still depends on (None: none)."""
+
+    @abstractmethod
+    def key_count(self) -> int:
+        """Keys holding state (for the window-keys gauge)."""
+
+
+class StatefulRuleSpec(ABC):
+    """A declared stateful rule. Subclasses are frozen dataclasses with at least these fields."""
+
+    name: str
+    version: int
+    origin: str
+    sinks: tuple[str, ...]
+    description: str
+
+    kind: str = "stateful"
+
+    @abstractmethod
+    def build(
+        self, shard_id: str, default_sinks: tuple[str, ...], identity_field: str
+    ) -> ShardState:
+        """A fresh state for one shard."""
+
+    @abstractmethod
+    def summary(self) -> str:
+        """One line for ``streamproc rules list``."""
