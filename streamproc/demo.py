@@ -54,6 +54,19 @@ class DemoSpec:
 
 def transactions(spec: DemoSpec = DemoSpec(), count: int | None = None) -> Iterator[dict[str, Any]]:
     """Yield ``count`` transactions (forever if None), deterministic for ``spec``."""
+    for tx, _is_fraud in labelled_transactions(spec, count):
+        yield tx
+
+
+def labelled_transactions(
+    spec: DemoSpec = DemoSpec(), count: int | None = None
+) -> Iterator[tuple[dict[str, Any], bool]]:
+    """Yield ``(transaction, is_fraud)``: the same transactions as :func:`transactions`.
+
+    ``is_fraud`` is true for the generator's fraud patterns: a large amount far from home at a
+    merchant the card has not used ("<merchant> Online NN"), and every record of a card-testing
+    burst. Training data for fraud-score models (``tools/train_fraud_model.py``).
+    """
     rng = random.Random(spec.seed)  # noqa: S311 - reproducible test data, not cryptography
     home = [rng.choice(STATES) for _ in range(spec.cards)]
     step = timedelta(seconds=1 / spec.events_per_second)
@@ -80,12 +93,17 @@ def transactions(spec: DemoSpec = DemoSpec(), count: int | None = None) -> Itera
             state = rng.choice([s for s in STATES if s != home[card]])
         restock = rng.random() < spec.restock_share
         quantity = rng.randint(20, 100) if restock else -rng.randint(1, 5)
-        yield {
+        merchant = rng.choice(MERCHANTS)
+        if fraud and not in_burst:
+            # A merchant the card has never used, derived from n so the rng sequence (and with
+            # it every other field of this and later records) is the same as without fraud.
+            merchant = f"{merchant} Online {n % 97:02d}"
+        tx = {
             "tx_id": f"tx-{spec.seed}-{n:09d}",
             "card_id": f"card-{card:06d}",
             "amount": amount,
             "currency": "USD",
-            "merchant": rng.choice(MERCHANTS),
+            "merchant": merchant,
             "state": state,
             "home_state": home[card],
             "store_id": f"store-{rng.randrange(spec.stores):04d}",
@@ -95,6 +113,7 @@ def transactions(spec: DemoSpec = DemoSpec(), count: int | None = None) -> Itera
             .isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
         }
+        yield tx, fraud or in_burst
         n += 1
 
 

@@ -111,6 +111,7 @@ class ShardProcessor:
         self.default_sinks = tuple(default_sinks)
         # Resolve per-rule constants once, so the loop below only does per-record work.
         self._plan = [(r, r.condition, r.sinks or self.default_sinks) for r in ruleset.rules]
+        self.condition_names = frozenset(r.name for r in ruleset.rules)
         self.windows = WindowSet(
             ruleset.window_rules,
             self.default_sinks,

@@ -308,7 +308,7 @@ class Runtime:
         shard.restore_cached_at = self.clock()
         ticket = _Ticket(end=end, records=0, size=0, restore=shard.restore_cache)
         self._route(shard, ticket, alerts)
-        self._count_matches(alerts)
+        self._count_matches(alerts, processor.condition_names)
         shard.tickets.append(ticket)
         shard.last_data_at = self.clock()
 
@@ -335,7 +335,7 @@ class Runtime:
             self.totals.records_restored += result.restored
             self.metrics.records_restored.labels(batch.shard_id).inc(result.restored)
         self._route(shard, ticket, result.alerts)
-        self._count_matches(result.alerts)
+        self._count_matches(result.alerts, processor.condition_names)
         if result.dead_letters:
             ticket.pending += 1
             shard.unparked.append((ticket, result.dead_letters))
@@ -351,10 +351,11 @@ class Runtime:
                 self.totals.rule_matches[name] = self.totals.rule_matches.get(name, 0) + count
                 self.metrics.rule_matches.labels(name).inc(count)
 
-    def _count_matches(self, alerts: list[Alert]) -> None:
-        """Window alerts count as matches of their rule (condition rules count in process)."""
-        window_rules = {a.rule for a in alerts if a.window_end is not None}
-        for name in window_rules:
+    def _count_matches(self, alerts: list[Alert], conditions: frozenset[str]) -> None:
+        """Window, model and inventory alerts count as matches of their rule (condition rules
+        count in process, per record)."""
+        other_rules = {a.rule for a in alerts if a.rule not in conditions}
+        for name in other_rules:
             count = sum(1 for a in alerts if a.rule == name)
             self.totals.rule_matches[name] = self.totals.rule_matches.get(name, 0) + count
             self.metrics.rule_matches.labels(name).inc(count)

@@ -54,8 +54,13 @@ def test_run_local_delivers_alerts_to_all_four_sinks_and_exits_cleanly(tmp_path:
     for where in ("eventbridge → inbox queue", "sqs fifo queue", "dynamodb table items"):
         found = re.search(rf"{re.escape(where)}\s+([\d,]+)", out)
         assert found is not None and number(found.group(1)) == alerts, (where, out)
-    # the SNS subscription filters on severity: all HIGH alerts and no MEDIUM one pass it
-    high = matches["high_value_out_of_state"] + matches.get("card_velocity", 0)
+    # the SNS subscription filters on severity: all HIGH/CRITICAL alerts and no MEDIUM one pass
+    # it (the fraud model alerts above 0.8: HIGH or CRITICAL)
+    high = (
+        matches["high_value_out_of_state"]
+        + matches.get("card_velocity", 0)
+        + matches.get("fraud_score", 0)
+    )
     found = re.search(r"sns → HIGH/CRITICAL inbox queue\s+([\d,]+)", out)
     assert found is not None and number(found.group(1)) == high, out
     assert "[" in out and "/s)" in out  # the live summary printed at least once
@@ -178,7 +183,7 @@ def test_replay_writes_the_same_alerts_byte_for_byte_every_time(tmp_path: Path) 
     assert outputs[0] == outputs[1]
     alerts = [orjson.loads(line) for line in outputs[0].splitlines()]
     rules = {a["rule"] for a in alerts}
-    assert rules == {"high_value_out_of_state", "card_velocity", "hourly_spend"}
+    assert rules == {"high_value_out_of_state", "card_velocity", "hourly_spend", "fraud_score"}
     for alert in alerts:
         for key in ("alert_id", "rule", "rule_version", "key", "window_start", "window_end",
                     "event_time", "fields"):  # fmt: skip
@@ -194,7 +199,7 @@ def test_replay_writes_the_same_alerts_byte_for_byte_every_time(tmp_path: Path) 
 def test_rules_check_passes_on_the_shipped_rules() -> None:
     result = run("rules", "check", "rules")
     assert result.returncode == 0, result.stderr
-    assert "ok: 3 rule(s) compiled from rules" in result.stdout
+    assert "ok: 4 rule(s) compiled from rules" in result.stdout
 
 
 def test_rules_check_reports_a_bad_window_rule_in_the_file(tmp_path: Path) -> None:

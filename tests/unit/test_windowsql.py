@@ -612,7 +612,8 @@ def test_option_errors_point_at_the_call(tmp_path: Path, arguments: str, message
 
 def test_shipped_rules_load() -> None:
     rules = load_rules([REPO / "rules"])
-    assert (len(rules.rules), len(rules.window_rules), len(rules)) == (1, 2, 3)
+    counts = (len(rules.rules), len(rules.window_rules), len(rules.stateful_rules), len(rules))
+    assert counts == (1, 2, 1, 4)
     velocity = rules.window_by_name("card_velocity")
     assert (velocity.window, velocity.emit, velocity.severity) == (
         Sliding(600_000),
