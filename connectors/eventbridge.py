@@ -93,10 +93,18 @@ class EventBridgeSink(BatchingSink):
 
     def _encode(self, alert: Alert) -> tuple[dict[str, Any], int]:
         detail = alert.to_json().decode()
-        detail_type = self._detail_type(alert) if callable(self._detail_type) else self._detail_type
+        # A rule kind may name its own event (inventory: "inventory.system", "Low Inventory
+        # Alert"); otherwise the configured ones.
+        source = alert.event_source or self._source
+        if alert.detail_type is not None:
+            detail_type = alert.detail_type
+        elif callable(self._detail_type):
+            detail_type = self._detail_type(alert)
+        else:
+            detail_type = self._detail_type
         entry: dict[str, Any] = {
             "EventBusName": self._bus_name,
-            "Source": self._source,
+            "Source": source,
             "DetailType": detail_type,
             "Detail": detail,
         }
@@ -104,7 +112,7 @@ class EventBridgeSink(BatchingSink):
             entry["Resources"] = self._resources
         size = (
             TIME_FIELD_BYTES
-            + len(self._source.encode())
+            + len(source.encode())
             + len(detail_type.encode())
             + len(detail.encode())
             + sum(len(resource.encode()) for resource in self._resources)

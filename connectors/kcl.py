@@ -57,7 +57,7 @@ log = logging.getLogger("streamproc.kcl")
 
 def build_worker(config_path: str | None) -> ShardWorker:
     """A ShardWorker wired from the streamproc configuration (the child's ``--config``)."""
-    from streamproc.app import build_parts, checkpoint_store
+    from streamproc.app import build_parts, checkpoint_store, state_store
     from streamproc.config import load_config
     from streamproc.metrics import Metrics
     from streamproc.runtime import Runtime
@@ -70,6 +70,7 @@ def build_worker(config_path: str | None) -> ShardWorker:
     drain_s = min(config.runtime.drain_timeout_s, max(1.0, grace_s - 3.0))
     parts.settings = dataclasses.replace(parts.settings, drain_timeout_s=drain_s)
     store = checkpoint_store(config, parts)
+    rule_state = state_store(config, parts)
     stream = config.source.stream
 
     def build(
@@ -121,6 +122,7 @@ def build_worker(config_path: str | None) -> ShardWorker:
             parts.dead_letter,
             settings=parts.settings,
             metrics=Metrics(),
+            state_store=rule_state,
         )
         return runtime, source, reader
 

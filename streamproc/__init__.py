@@ -16,6 +16,7 @@ from streamproc.errors import (
     StreamprocError,
     TransportError,
 )
+from streamproc.inventory import inventory_rule
 from streamproc.ruleset import predicate_rule, rule, window_rule
 
 __version__ = "0.1.0"
@@ -39,6 +40,7 @@ __all__ = [
     "StreamprocError",
     "TransportError",
     "__version__",
+    "inventory_rule",
     "model_rule",
     "predicate_rule",
     "rule",

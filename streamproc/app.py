@@ -17,6 +17,7 @@ from connectors.eventbridge import EventBridgeSink
 from connectors.kinesis import KinesisPollerSource
 from connectors.sns import SnsSink
 from connectors.sqs import SqsSink
+from connectors.state import DynamoDbStateStore
 from streamproc.config import Config as StreamprocConfig
 from streamproc.emulators import LOCAL_CREDENTIALS, free_port
 from streamproc.interfaces import DeadLetterDestination, Sink
@@ -117,6 +118,17 @@ def checkpoint_store(config: StreamprocConfig, parts: Parts) -> DynamoDbCheckpoi
     )
 
 
+def state_store(config: StreamprocConfig, parts: Parts) -> DynamoDbStateStore | None:
+    """The rule-state store, if a rule snapshots its state (inventory rules)."""
+    if not any(spec.snapshots for spec in parts.ruleset.stateful_rules):
+        return None
+    return DynamoDbStateStore(
+        parts.client("dynamodb", config=_CHECKPOINT_CLIENT),
+        config.source.state_table,
+        config.source.stream,
+    )
+
+
 def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: bool = True) -> App:
     """Everything ``streamproc run`` needs, validated before any record is read.
 
@@ -148,6 +160,7 @@ def build_app(config: StreamprocConfig, *, local: bool = False, serve_metrics: b
         parts.dead_letter,
         settings=parts.settings,
         metrics=metrics,
+        state_store=state_store(config, parts),
     )
     return App(runtime=runtime, ruleset=parts.ruleset, metrics_url=metrics_url)
 

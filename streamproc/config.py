@@ -50,6 +50,9 @@ class SourceConfig:
     start_position: StartPosition = "TRIM_HORIZON"
     start_timestamp: datetime | None = None
     checkpoint_table: str = "streamproc-checkpoints"
+    # DynamoDB table of rule state snapshots (inventory rules): hash key "shard", range key
+    # "item", both S. Used only when a rule needs it.
+    state_table: str = "streamproc-state"
     max_records_per_call: int = field(default=1000, metadata=_range(1, 10_000))
     # Kinesis allows 5 GetRecords calls per second per shard, shared by every consumer.
     poll_interval_ms: int = field(default=200, metadata=_range(200, 60_000))

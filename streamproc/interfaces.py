@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from streamproc.records import Alert, DeadLetter, Position, RecordBatch
+from streamproc.stateful import StateItem
 
 # --------------------------------------------------------------------------------------------
 # Sinks
@@ -185,3 +186,12 @@ class CheckpointStore(Protocol):
         shard_ended: bool = False,
         restore: RestorePoint | None = None,
     ) -> None: ...
+
+
+class StateStore(Protocol):
+    """Snapshots of rule state that replay cannot rebuild (``streamproc.stateful``), per shard
+    of one stream. ``save`` is idempotent; ``load`` returns every item of the shard."""
+
+    def load(self, shard_id: str) -> list[StateItem]: ...
+
+    def save(self, shard_id: str, items: list[StateItem]) -> None: ...

@@ -73,6 +73,7 @@ def provision(
     )
 
     _ensure_table(ddb, config.source.checkpoint_table, [("stream", "HASH"), ("shard_id", "RANGE")])
+    _ensure_table(ddb, config.source.state_table, [("shard", "HASH"), ("item", "RANGE")])
     alerts_table = config.sinks.dynamodb.table
     _ensure_table(ddb, alerts_table, [("alert_id", "HASH")])
 

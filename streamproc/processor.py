@@ -17,6 +17,7 @@ from streamproc.errors import MissingFieldError
 from streamproc.interfaces import RestorePoint
 from streamproc.records import Alert, DeadLetter, Position, Record, make_alert_id
 from streamproc.ruleset import RuleSet
+from streamproc.stateful import StateItem
 from streamproc.windowing import WindowSet
 
 
@@ -260,6 +261,18 @@ class ShardProcessor:
             if position is not None and (oldest is None or position < oldest):
                 oldest = position
         return oldest
+
+    def snapshot(self, through: Position) -> list[StateItem]:
+        """Snapshot items of the stateful rules as of the settled position ``through``."""
+        return [item for state in self._stateful for item in state.snapshot(through)]
+
+    def commit_snapshot(self, through: Position) -> None:
+        for state in self._stateful:
+            state.commit(through)
+
+    def load_state(self, items: list[StateItem]) -> None:
+        for state in self._stateful:
+            state.load(items)
 
     def state_keys(self) -> list[tuple[str, int]]:
         """(rule, keys holding state) for every window and stateful rule."""

@@ -113,10 +113,15 @@ class Alert:
     window_start: str | None = None
     window_end: str | None = None
     correction: bool = False
+    # EventBridge ``source`` and ``detail-type`` for this alert (None: the sink's configured
+    # ones), and whether ``fields`` also go at the top level of the payload (inventory alerts).
+    event_source: str | None = None
+    detail_type: str | None = None
+    flat_fields: bool = False
 
     def payload(self) -> dict[str, Any]:
         """The JSON object every sink sends. Deterministic for a given rule version and record."""
-        return {
+        out = {
             "alert_id": self.alert_id,
             "rule": self.rule,
             "rule_version": self.rule_version,
@@ -133,6 +138,10 @@ class Alert:
                 "sub_sequence_number": self.sub_sequence_number,
             },
         }
+        if self.flat_fields:
+            for name, value in self.fields.items():
+                out.setdefault(name, value)
+        return out
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.payload(), option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)

@@ -35,6 +35,7 @@ from streamproc.interfaces import (
     ShardReader,
     Sink,
     Source,
+    StateStore,
 )
 from streamproc.metrics import Metrics, Totals
 from streamproc.processor import ShardProcessor
@@ -116,8 +117,11 @@ class Runtime:
         settings: RuntimeSettings | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        state_store: StateStore | None = None,
     ) -> None:
         self.source = source
+        # Snapshots of rule state replay cannot rebuild (inventory), written before checkpoints.
+        self.state_store = state_store
         self.processor_factory = processor_factory
         self.sinks = dict(sinks)
         self.dead_letter = dead_letter
@@ -244,6 +248,9 @@ class Runtime:
                 continue
             log.info("reading shard %s", reader.shard_id)
             shard = _Shard(reader, self.processor_factory(reader.shard_id))
+            if self.state_store is not None:
+                # A failure here raises: the shard cannot start without its state.
+                shard.processor.load_state(self.state_store.load(reader.shard_id))
             if reader.restore_until is not None:
                 shard.processor.begin_restore(
                     reader.restore_until,
@@ -469,7 +476,12 @@ class Runtime:
             closes = shard.settled_restore.closes if shard.settled_restore is not None else 0
             closed = closes != shard.checkpointed_closes  # windows were closed since (idle/end)
             if due and (shard.settled != shard.checkpointed or ended or closed):
+                snapshot = None
                 try:
+                    if self.state_store is not None and shard.settled is not None:
+                        snapshot = shard.processor.snapshot(shard.settled)
+                        if snapshot:  # the state as of the checkpoint, stored before it
+                            self.state_store.save(shard_id, snapshot)
                     self.source.checkpoint(
                         shard_id,
                         shard.settled,
@@ -493,6 +505,8 @@ class Runtime:
                     all_written = False
                     ended = False
                 else:
+                    if snapshot is not None and shard.settled is not None:
+                        shard.processor.commit_snapshot(shard.settled)
                     shard.checkpointed = shard.settled
                     shard.checkpointed_closes = closes
                     shard.checkpoint_failures = 0

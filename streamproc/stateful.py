@@ -19,13 +19,42 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from streamproc.records import Alert, DeadLetter, Position, Record
 
 
+@dataclass(frozen=True, slots=True)
+class StateItem:
+    """One key's state in a snapshot: ``value`` (JSON-able) after the record at ``position`` of
+    ``shard_id``, the last record of that key the snapshot counts."""
+
+    rule: str
+    key: str
+    value: Mapping[str, Any]
+    shard_id: str
+    position: Position
+
+
 class ShardState(ABC):
-    """One stateful rule's state on one shard."""
+    """One stateful rule's state on one shard.
+
+    State that replay cannot rebuild (it depends on all history, like running stock) is
+    snapshotted instead: ``snapshot(through)`` returns the items changed since the last
+    ``commit``, as of the settled position ``through``; the runtime stores them before it
+    checkpoints ``through`` and then calls ``commit(through)``; a restarted shard ``load``s them.
+    """
+
+    def snapshot(self, through: Position) -> list[StateItem]:
+        del through
+        return []
+
+    def commit(self, through: Position) -> None:
+        del through
+
+    def load(self, items: list[StateItem]) -> None:
+        del items
 
     @abstractmethod
     def on_record(
@@ -57,6 +86,8 @@ class StatefulRuleSpec(ABC):
     description: str
 
     kind: str = "stateful"
+    # True if its state is snapshotted (needs the state store), not rebuilt by replay.
+    snapshots: bool = False
 
     @abstractmethod
     def build(

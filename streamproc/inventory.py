@@ -1,0 +1,362 @@
+"""Inventory threshold rules: running stock per (store, product), one alert per low crossing.
+
+Declared in a rule module::
+
+    from streamproc import inventory_rule
+
+    low_stock = inventory_rule(
+        name="low_stock",
+        reorder_threshold=20,          # static; or a callable (store, product) -> threshold
+        hysteresis=10,                 # re-armed only above threshold + hysteresis
+        initial_quantity=100,          # stock before the first event of a product
+        lead_time_days=3,
+    )
+
+Each record with ``store_id``, ``product_id`` and a signed ``quantity`` (negative: a sale,
+positive: a restock) adjusts that product's stock in that store. The rule is edge-triggered: one
+alert when the stock crosses to at or below the reorder threshold, not one per sale below it;
+it re-arms only after a restock lifts the stock above threshold + hysteresis.
+
+Suggested order quantity (in the alert)::
+
+    daily_rate = units sold per day, an exponentially time-decayed average over ``rate_days``
+                 (event time: each sale adds its units, older sales weigh e^(-age/rate_days))
+    suggested  = max(0, ceil(daily_rate * lead_time_days) + reorder_threshold - current_quantity)
+
+i.e. enough to cover the sales expected during the supplier's lead time and end at the
+threshold again.
+
+The alert goes to EventBridge with source ``inventory.system`` and detail-type ``Low Inventory
+Alert``; its detail has ``store_id``, ``product_id``, ``current_quantity``,
+``reorder_threshold`` and ``suggested_order_quantity`` at the top level (besides the usual
+alert fields).
+
+Stock is cumulative, so unlike windows it cannot be rebuilt by replaying a bounded stretch of
+the stream: it is **snapshotted** instead. At every checkpoint the runtime writes the state of
+the products that changed, as of the checkpointed record, to the state store, before the
+checkpoint itself; a restarted shard loads it and skips, per product, the records the snapshot
+already contains. Each crossing is therefore alerted exactly once (with a deterministic alert
+id, so a re-sent alert is a no-op at idempotent sinks) across restarts and lease moves. The
+stream must be partitioned by store (or store and product): all events of a product must be in
+one shard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from streamproc.errors import RecordError, RuleCompileError
+from streamproc.records import (
+    SEVERITIES,
+    Alert,
+    DeadLetter,
+    Position,
+    Record,
+    Severity,
+    make_alert_id,
+)
+from streamproc.stateful import ShardState, StatefulRuleSpec, StateItem
+from streamproc.windows.eventtime import parse_event_time
+
+DAY_MS = 86_400_000
+SOURCE = "inventory.system"
+DETAIL_TYPE = "Low Inventory Alert"
+
+Threshold = Callable[[str, str], float | None]
+
+
+@dataclass(frozen=True, eq=False)
+class InventoryRule(StatefulRuleSpec):
+    name: str
+    version: int
+    reorder_threshold: float | Threshold
+    default_threshold: float
+    hysteresis: float
+    initial_quantity: float
+    lead_time_days: float
+    rate_days: float
+    severity: Severity
+    store_field: str
+    product_field: str
+    quantity_field: str
+    time_field: str
+    sinks: tuple[str, ...]
+    description: str
+    origin: str
+
+    kind = "inventory"
+    snapshots = True
+
+    def threshold(self, store: str, product: str) -> float:
+        if callable(self.reorder_threshold):
+            found = self.reorder_threshold(store, product)
+            return self.default_threshold if found is None else float(found)
+        return float(self.reorder_threshold)
+
+    def build(
+        self, shard_id: str, default_sinks: tuple[str, ...], identity_field: str
+    ) -> ShardState:
+        del identity_field
+        return _InventoryState(self, shard_id, self.sinks or default_sinks)
+
+    def summary(self) -> str:
+        threshold = (
+            "per product (table)" if callable(self.reorder_threshold) else self.reorder_threshold
+        )
+        return (
+            f"stock per ({self.store_field}, {self.product_field}); alert at <= {threshold}, "
+            f"re-armed above + {self.hysteresis}; lead time {self.lead_time_days} days"
+        )
+
+
+@dataclass(slots=True)
+class _Stock:
+    quantity: float
+    armed: bool
+    rate: float  # units per day, decayed to rate_ms
+    rate_ms: int | None
+
+    def value(self) -> dict[str, Any]:
+        return {"q": self.quantity, "a": self.armed, "r": self.rate, "t": self.rate_ms}
+
+
+class _InventoryState(ShardState):
+    def __init__(self, rule: InventoryRule, shard_id: str, sinks: tuple[str, ...]) -> None:
+        self.rule = rule
+        self.shard_id = shard_id
+        self.sinks = sinks
+        self._stock: dict[tuple[str, str], _Stock] = {}
+        # Per product: the position up to which a loaded snapshot already counts its records.
+        self._as_of: dict[tuple[str, str], tuple[str, Position]] = {}
+        # Per changed product since the last committed snapshot: (position, value) after each
+        # of its records, so a snapshot can be taken as of any settled position.
+        self._history: dict[tuple[str, str], list[tuple[Position, dict[str, Any]]]] = {}
+        self._alerts: list[Alert] = []
+
+    def on_record(
+        self, doc: Mapping[str, Any], record: Record, identity: str, restoring: bool
+    ) -> str | None:
+        rule = self.rule
+        try:
+            store = _text(doc, rule.store_field)
+            product = _text(doc, rule.product_field)
+            delta = _number(doc, rule.quantity_field)
+            at_ms = parse_event_time(doc[rule.time_field]) if rule.time_field in doc else None
+        except RecordError as exc:
+            return None if restoring else f"{exc.reason} (rule {rule.name!r})"
+        key = (store, product)
+        done = self._as_of.get(key)
+        if done is not None and done[0] == record.shard_id and record.position <= done[1]:
+            return None  # the loaded snapshot already counts this record
+        stock = self._stock.get(key)
+        if stock is None:
+            stock = self._stock[key] = _Stock(rule.initial_quantity, True, 0.0, None)
+        if delta < 0 and at_ms is not None:
+            _add_sale(stock, -delta, at_ms, rule.rate_days)
+        stock.quantity += delta
+        threshold = rule.threshold(store, product)
+        if stock.armed and stock.quantity <= threshold:
+            stock.armed = False
+            if not restoring:
+                when = doc.get(rule.time_field)
+                alert = self._alert(record, identity, store, product, stock, threshold)
+                if isinstance(when, str):
+                    alert = dataclasses.replace(alert, event_time=when)
+                self._alerts.append(alert)
+        elif not stock.armed and stock.quantity > threshold + rule.hysteresis:
+            stock.armed = True
+        self._history.setdefault(key, []).append((record.position, stock.value()))
+        return None
+
+    def _alert(
+        self,
+        record: Record,
+        identity: str,
+        store: str,
+        product: str,
+        stock: _Stock,
+        threshold: float,
+    ) -> Alert:
+        rule = self.rule
+        daily = stock.rate
+        suggested = max(0, math.ceil(daily * rule.lead_time_days + threshold - stock.quantity))
+        fields = {
+            "store_id": store,
+            "product_id": product,
+            "current_quantity": _plain(stock.quantity),
+            "reorder_threshold": _plain(threshold),
+            "suggested_order_quantity": suggested,
+            "daily_sales_rate": round(daily, 3),
+        }
+        return Alert(
+            alert_id=make_alert_id(rule.name, rule.version, identity),
+            rule=rule.name,
+            rule_version=rule.version,
+            severity=rule.severity,
+            key=f"{store}/{product}",
+            fields=fields,
+            sinks=self.sinks,
+            shard_id=record.shard_id,
+            sequence_number=record.sequence_number,
+            sub_sequence_number=record.sub_sequence_number,
+            key_fields={rule.store_field: store, rule.product_field: product},
+            event_source=SOURCE,
+            detail_type=DETAIL_TYPE,
+            flat_fields=True,
+        )
+
+    def end_batch(self, alerts: list[Alert], dead: list[DeadLetter]) -> None:
+        alerts.extend(self._alerts)
+        self._alerts = []
+
+    def oldest_position(self) -> Position | None:
+        return None  # snapshotted, not replayed
+
+    def key_count(self) -> int:
+        return len(self._stock)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self, through: Position) -> list[StateItem]:
+        items = []
+        for key, history in self._history.items():
+            last = None
+            for position, value in history:
+                if position > through:
+                    break
+                last = (position, value)
+            if last is not None:
+                items.append(
+                    StateItem(self.rule.name, _key_text(key), last[1], self.shard_id, last[0])
+                )
+        return items
+
+    def commit(self, through: Position) -> None:
+        for key in list(self._history):
+            left = [entry for entry in self._history[key] if entry[0] > through]
+            if left:
+                self._history[key] = left
+            else:
+                del self._history[key]
+
+    def load(self, items: list[StateItem]) -> None:
+        for item in items:
+            if item.rule != self.rule.name:
+                continue
+            key = _split_key(item.key)
+            value = item.value
+            self._stock[key] = _Stock(
+                float(value["q"]), bool(value["a"]), float(value["r"]), value["t"]
+            )
+            self._as_of[key] = (item.shard_id, item.position)
+
+
+def _add_sale(stock: _Stock, units: float, at_ms: int, rate_days: float) -> None:
+    """Exponentially time-decayed units per day: each sale adds units / rate_days."""
+    if stock.rate_ms is not None and at_ms > stock.rate_ms:
+        stock.rate *= math.exp(-(at_ms - stock.rate_ms) / (rate_days * DAY_MS))
+    if stock.rate_ms is None or at_ms > stock.rate_ms:
+        stock.rate_ms = at_ms
+    stock.rate += units / rate_days
+
+
+def _key_text(key: tuple[str, str]) -> str:
+    return f"{key[0]}\x1f{key[1]}"
+
+
+def _split_key(text: str) -> tuple[str, str]:
+    store, _, product = text.partition("\x1f")
+    return store, product
+
+
+def _plain(value: float) -> float | int:
+    return int(value) if float(value).is_integer() else value
+
+
+def _text(doc: Mapping[str, Any], name: str) -> str:
+    if name not in doc or doc[name] is None:
+        raise RecordError(f"missing field {name!r}")
+    value = doc[name]
+    if isinstance(value, (dict, list)):
+        raise RecordError(f"field {name!r} must be a string or number")
+    return str(value)
+
+
+def _number(doc: Mapping[str, Any], name: str) -> float:
+    if name not in doc:
+        raise RecordError(f"missing field {name!r}")
+    value = doc[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RecordError(f"field {name!r} must be a number, got {value!r}")
+    return float(value)
+
+
+def inventory_rule(
+    *,
+    name: str,
+    reorder_threshold: float | Threshold,
+    hysteresis: float = 0,
+    initial_quantity: float = 0,
+    lead_time_days: float = 3,
+    rate_days: float = 7,
+    default_threshold: float = 0,
+    severity: Severity = "HIGH",
+    version: int = 1,
+    sinks: tuple[str, ...] | list[str] = (),
+    description: str = "",
+    store_field: str = "store_id",
+    product_field: str = "product_id",
+    quantity_field: str = "quantity",
+    time_field: str = "event_time",
+) -> InventoryRule:
+    """Declare an inventory rule in a rule module (see the module docstring).
+
+    ``reorder_threshold`` is a number, or a callable ``(store, product) -> number | None`` such
+    as :class:`streamproc.thresholds.ThresholdTable` (``None``: use ``default_threshold``).
+    """
+    caller = sys._getframe(1)
+    file, line = caller.f_code.co_filename, caller.f_lineno
+
+    def fail(message: str) -> RuleCompileError:
+        return RuleCompileError(message, file=file, line=line, rule=name)
+
+    if not isinstance(name, str) or not name.replace("_", "a").isalnum() or not name[:1].isalpha():
+        raise fail(f"invalid rule name {name!r}")
+    if type(version) is not int or version < 1:
+        raise fail(f"version must be an integer >= 1, got {version!r}")
+    if not callable(reorder_threshold) and not isinstance(reorder_threshold, (int, float)):
+        raise fail("reorder_threshold must be a number or a callable (store, product) -> number")
+    for label, value, low in (
+        ("hysteresis", hysteresis, 0.0),
+        ("lead_time_days", lead_time_days, 0.0),
+        ("rate_days", rate_days, 1e-9),
+    ):
+        if not isinstance(value, (int, float)) or value < low:
+            raise fail(f"{label} must be a number >= {low:g}, got {value!r}")
+    if severity not in SEVERITIES:
+        raise fail(f"unknown severity {severity!r}; use one of {', '.join(SEVERITIES)}")
+    if isinstance(sinks, str) or not all(isinstance(s, str) for s in sinks):
+        raise fail(f"sinks must be a list of strings, got {sinks!r}")
+    return InventoryRule(
+        name=name,
+        version=version,
+        reorder_threshold=reorder_threshold,
+        default_threshold=float(default_threshold),
+        hysteresis=float(hysteresis),
+        initial_quantity=float(initial_quantity),
+        lead_time_days=float(lead_time_days),
+        rate_days=float(rate_days),
+        severity=severity,
+        store_field=store_field,
+        product_field=product_field,
+        quantity_field=quantity_field,
+        time_field=time_field,
+        sinks=tuple(sinks),
+        description=description,
+        origin=f"{file}:{line}",
+    )

@@ -1,0 +1,104 @@
+"""Inventory alerts end to end on moto: EventBridge events with source ``inventory.system`` and
+detail-type ``Low Inventory Alert``; exactly one per crossing across a restart, with the
+stock snapshots in the DynamoDB state table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.integration.e2e import all_settled, make_env, receive_all, run_until, stop
+
+INVENTORY_RULE = """
+from streamproc import inventory_rule
+
+low_stock = inventory_rule(
+    name="low_stock",
+    reorder_threshold=10,
+    hysteresis=5,
+    initial_quantity=30,
+    lead_time_days=2,
+    sinks=["eventbridge"],
+)
+"""
+# Stock per product: 25 20 15 10* 7 11 9 29 19 9* 8 38 13 8*  (* = a crossing: an alert)
+DELTAS = [-5, -5, -5, -5, -3, +4, -2, +20, -10, -10, -1, +30, -25, -5]
+
+
+def events(store: str, product: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "tx_id": f"{store}-{product}-{i}",
+            "store_id": store,
+            "product_id": product,
+            "quantity": delta,
+            "event_time": f"2026-01-01T{i:02d}:00:00Z",
+            # the fields the shipped condition rule reads (no alert from it)
+            "amount": 1.0,
+            "state": "NY",
+            "home_state": "NY",
+        }
+        for i, delta in enumerate(DELTAS)
+    ]
+
+
+def test_low_stock_alerts_reach_eventbridge_once_per_crossing_across_a_restart(
+    moto_endpoint: str, unique_name: str, tmp_path: Path
+) -> None:
+    env = make_env(moto_endpoint, unique_name, tmp_path, extra_rules=INVENTORY_RULE, shards=2)
+    sqs, bridge = env.client("sqs"), env.client("events")
+    inbox = sqs.create_queue(QueueName=f"{unique_name}-inventory")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+    bus = env.config.sinks.eventbridge.bus_name
+    bridge.put_rule(
+        Name=f"{unique_name}-low-stock",
+        EventBusName=bus,
+        EventPattern=json.dumps(
+            {"source": ["inventory.system"], "detail-type": ["Low Inventory Alert"]}
+        ),
+    )
+    bridge.put_targets(
+        Rule=f"{unique_name}-low-stock", EventBusName=bus, Targets=[{"Id": "q", "Arn": arn}]
+    )
+    streams = [events("store-1", "sku-1"), events("store-2", "sku-9")]
+    # Partitioned by store: all events of a product in one shard, in order.
+    half = len(DELTAS) // 2
+    first = [(orjson.dumps(e), e["store_id"]) for s in streams for e in s[:half]]
+    second = [(orjson.dumps(e), e["store_id"]) for s in streams for e in s[half:]]
+
+    env.put_raw(first)
+    app = env.app()
+    run_until(app.runtime, all_settled(len(first)))
+    stop(app.runtime)
+    env.put_raw(second)
+    app = env.app()  # a new runtime: the stock comes from the state table
+    run_until(app.runtime, all_settled(len(second)))
+    stop(app.runtime)
+
+    received = receive_all(sqs, inbox)
+    assert all(e["source"] == "inventory.system" for e in received)
+    assert all(e["detail-type"] == "Low Inventory Alert" for e in received)
+    details = sorted(
+        (e["detail"]["store_id"], e["detail"]["product_id"], e["detail"]["current_quantity"])
+        for e in received
+    )
+    assert details == [("store-1", "sku-1", q) for q in (8, 9, 10)] + [
+        ("store-2", "sku-9", q) for q in (8, 9, 10)
+    ]
+    for event in received:
+        detail = event["detail"]
+        assert detail["reorder_threshold"] == 10
+        assert detail["suggested_order_quantity"] >= 10 - detail["current_quantity"]
+        assert detail["rule"] == "low_stock"
+    state = env.client("dynamodb").scan(TableName=env.config.source.state_table)["Items"]
+    stock = {
+        i["item"]["S"]: orjson.loads(i["value"]["S"])["q"]
+        for i in state
+        if i["shard"]["S"].startswith(env.config.source.stream + "/")
+    }
+    assert stock == {"low_stock/store-1\x1fsku-1": 8, "low_stock/store-2\x1fsku-9": 8}
