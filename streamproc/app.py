@@ -14,6 +14,7 @@ from connectors.checkpoints import DynamoDbCheckpointStore
 from connectors.deadletter import FileDeadLetter, SqsDeadLetter
 from connectors.dynamodb import DynamoDbAlertSink
 from connectors.eventbridge import EventBridgeSink
+from connectors.inventory_table import InventoryTableSink
 from connectors.kinesis import KinesisPollerSource
 from connectors.sns import SnsSink
 from connectors.sqs import SqsSink
@@ -84,7 +85,9 @@ def build_parts(config: StreamprocConfig, *, local: bool = False) -> Parts:
         max_record_bytes=config.limits.max_record_bytes,
         max_nesting_depth=config.limits.max_nesting_depth,
     )
-    default_sinks = tuple(sinks)
+    # Rules without their own sinks alert everywhere, but the inventory table takes only the
+    # stock updates of inventory rules that name it.
+    default_sinks = tuple(name for name in sinks if name != "inventory_table")
 
     def processor_factory(shard_id: str) -> ShardProcessor:
         return ShardProcessor(
@@ -189,6 +192,10 @@ def build_sinks(config: Config, client: Any, dead_letter: DeadLetterDestination)
     if s.dynamodb.enabled:
         sinks["dynamodb"] = DynamoDbAlertSink(
             client("dynamodb"), table=s.dynamodb.table, dead_letter=dead_letter, **options
+        )
+    if s.inventory_table.enabled:
+        sinks["inventory_table"] = InventoryTableSink(
+            client("dynamodb"), table=s.inventory_table.table, dead_letter=dead_letter, **options
         )
     return sinks
 

@@ -112,11 +112,19 @@ class DynamoDbSinkConfig:
 
 
 @dataclass(frozen=True)
+class InventoryTableSinkConfig:
+    enabled: bool = False
+    # hash key "store_id", range key "product_id" (S); see connectors/inventory_table.py
+    table: str = "inventory"
+
+
+@dataclass(frozen=True)
 class SinksConfig:
     eventbridge: EventBridgeSinkConfig = EventBridgeSinkConfig()
     sns: SnsSinkConfig = SnsSinkConfig()
     sqs: SqsSinkConfig = SqsSinkConfig()
     dynamodb: DynamoDbSinkConfig = DynamoDbSinkConfig()
+    inventory_table: InventoryTableSinkConfig = InventoryTableSinkConfig()
     # Retryable failures are retried with backoff this many times before the alert is parked.
     max_attempts: int = field(default=8, metadata=_range(1, 100))
     linger_ms: int = field(default=50, metadata=_range(0, 60_000))

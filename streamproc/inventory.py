@@ -88,6 +88,7 @@ class InventoryRule(StatefulRuleSpec):
     sinks: tuple[str, ...]
     description: str
     origin: str
+    stock_sink: str | None = None
 
     kind = "inventory"
     snapshots = True
@@ -171,7 +172,28 @@ class _InventoryState(ShardState):
         elif not stock.armed and stock.quantity > threshold + rule.hysteresis:
             stock.armed = True
         self._history.setdefault(key, []).append((record.position, stock.value()))
+        if rule.stock_sink is not None and not restoring:
+            self._alerts.append(self._stock_update(record, identity, store, product, delta))
         return None
+
+    def _stock_update(
+        self, record: Record, identity: str, store: str, product: str, delta: float
+    ) -> Alert:
+        """One event's quantity change for the inventory table sink (counted once there)."""
+        rule = self.rule
+        name = f"{rule.name}:stock"
+        return Alert(
+            alert_id=make_alert_id(name, rule.version, identity),
+            rule=name,
+            rule_version=rule.version,
+            severity="LOW",
+            key=f"{store}/{product}",
+            fields={"store_id": store, "product_id": product, "quantity_delta": _plain(delta)},
+            sinks=(rule.stock_sink,) if rule.stock_sink else (),
+            shard_id=record.shard_id,
+            sequence_number=record.sequence_number,
+            sub_sequence_number=record.sub_sequence_number,
+        )
 
     def _alert(
         self,
@@ -313,11 +335,14 @@ def inventory_rule(
     product_field: str = "product_id",
     quantity_field: str = "quantity",
     time_field: str = "event_time",
+    stock_sink: str | None = None,
 ) -> InventoryRule:
     """Declare an inventory rule in a rule module (see the module docstring).
 
     ``reorder_threshold`` is a number, or a callable ``(store, product) -> number | None`` such
     as :class:`streamproc.thresholds.ThresholdTable` (``None``: use ``default_threshold``).
+    ``stock_sink="inventory_table"`` also keeps the inventory table's ``current_quantity`` (one
+    update per event, counted once: ``connectors.inventory_table``).
     """
     caller = sys._getframe(1)
     file, line = caller.f_code.co_filename, caller.f_lineno
@@ -359,4 +384,5 @@ def inventory_rule(
         sinks=tuple(sinks),
         description=description,
         origin=f"{file}:{line}",
+        stock_sink=stock_sink,
     )

@@ -540,12 +540,21 @@ def _batch_seconds(sink: Sink) -> list[float]:
 
 def check_rule_sinks(processor: ShardProcessor, sinks: Mapping[str, Sink]) -> None:
     """Fail at start if a rule targets a sink that is not configured."""
-    for rule in processor.ruleset.rules:
-        for name in rule.sinks or processor.default_sinks:
+    targets: list[tuple[str, str, tuple[str, ...]]] = [
+        (r.name, r.origin, r.sinks or processor.default_sinks) for r in processor.ruleset.rules
+    ]
+    for window in processor.ruleset.window_rules:
+        targets.append((window.name, window.origin, window.sinks or processor.default_sinks))
+    for spec in processor.ruleset.stateful_rules:
+        stock = getattr(spec, "stock_sink", None)
+        names = (spec.sinks or processor.default_sinks) + ((stock,) if stock else ())
+        targets.append((spec.name, spec.origin, names))
+    for rule_name, origin, names in targets:
+        for name in names:
             if name not in sinks:
                 enabled = ", ".join(sorted(sinks)) or "none"
                 raise ConfigError(
                     f"sinks.{name}",
-                    f"rule {rule.name!r} ({rule.origin}) sends to sink {name!r}, which is not "
+                    f"rule {rule_name!r} ({origin}) sends to sink {name!r}, which is not "
                     f"enabled (enabled: {enabled}); enable it or change the rule's sinks",
                 )

@@ -4,12 +4,14 @@ stock snapshots in the DynamoDB state table."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from streamproc.config import InventoryTableSinkConfig
 from tests.integration.e2e import all_settled, make_env, receive_all, run_until, stop
 
 INVENTORY_RULE = """
@@ -102,3 +104,81 @@ def test_low_stock_alerts_reach_eventbridge_once_per_crossing_across_a_restart(
         if i["shard"]["S"].startswith(env.config.source.stream + "/")
     }
     assert stock == {"low_stock/store-1\x1fsku-1": 8, "low_stock/store-2\x1fsku-9": 8}
+
+
+STOCK_RULE = """
+from streamproc import inventory_rule
+
+low_stock = inventory_rule(
+    name="low_stock",
+    reorder_threshold=10,
+    initial_quantity=30,
+    sinks=["dynamodb"],
+    stock_sink="inventory_table",
+)
+"""
+
+
+def test_replaying_records_does_not_double_the_inventory_table(
+    moto_endpoint: str, unique_name: str, tmp_path: Path
+) -> None:
+    """Every event adds its quantity to the product's item once: reading the whole stream again
+    (here: a second application with fresh checkpoints, the worst case of a replay) changes
+    nothing in the table, because each update is a transaction with a per-event marker."""
+    env = make_env(moto_endpoint, unique_name, tmp_path, extra_rules=STOCK_RULE, shards=2)
+    ddb = env.client("dynamodb")
+    table = f"{unique_name}-inventory"
+    ddb.create_table(
+        TableName=table,
+        AttributeDefinitions=[
+            {"AttributeName": "store_id", "AttributeType": "S"},
+            {"AttributeName": "product_id", "AttributeType": "S"},
+        ],
+        KeySchema=[
+            {"AttributeName": "store_id", "KeyType": "HASH"},
+            {"AttributeName": "product_id", "KeyType": "RANGE"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    sinks = dataclasses.replace(
+        env.config.sinks,
+        inventory_table=InventoryTableSinkConfig(enabled=True, table=table),
+    )
+    env.config = dataclasses.replace(env.config, sinks=sinks)
+    records = [(orjson.dumps(e), e["store_id"]) for e in events("store-3", "sku-5")]
+    env.put_raw(records)
+
+    def quantity() -> float:
+        item = ddb.get_item(
+            TableName=table, Key={"store_id": {"S": "store-3"}, "product_id": {"S": "sku-5"}}
+        )["Item"]
+        return float(item["current_quantity"]["N"])
+
+    app = env.app()
+    run_until(app.runtime, all_settled(len(records)))
+    stop(app.runtime)
+    assert quantity() == sum(DELTAS)
+    assert app.runtime.totals.sink_outcomes["inventory_table"] == {"sent": len(DELTAS)}
+
+    # Read everything again, as after losing the checkpoints (and the rule state) entirely.
+    fresh = dataclasses.replace(
+        env.config.source,
+        checkpoint_table=f"{unique_name}-checkpoints-2",
+        state_table=f"{unique_name}-state-2",
+    )
+    for name, keys in (
+        (fresh.checkpoint_table, [("stream", "HASH"), ("shard_id", "RANGE")]),
+        (fresh.state_table, [("shard", "HASH"), ("item", "RANGE")]),
+    ):
+        ddb.create_table(
+            TableName=name,
+            AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k, _ in keys],
+            KeySchema=[{"AttributeName": k, "KeyType": t} for k, t in keys],
+            BillingMode="PAY_PER_REQUEST",
+        )
+    env.config = dataclasses.replace(env.config, source=fresh)
+    again = env.app()
+    run_until(again.runtime, all_settled(len(records)))
+    stop(again.runtime)
+    assert again.runtime.totals.sink_outcomes["inventory_table"] == {"duplicate": len(DELTAS)}
+    assert quantity() == sum(DELTAS)
