@@ -114,6 +114,8 @@ def build_worker(config_path: str | None) -> ShardWorker:
             restore_until=checkpoint,
             restore_closed_through=closed_through,
         )
+        if rule_state is not None:  # inventory state: a child shard inherits its parents'
+            reader.parents = _parents(parts.client("kinesis"), stream, shard_id)
         source.attach(reader)
         runtime = Runtime(
             source,
@@ -132,6 +134,21 @@ def build_worker(config_path: str | None) -> ShardWorker:
         trace=Trace(os.environ.get("STREAMPROC_KCL_TRACE"), worker),
         drain_timeout_s=drain_s,
     )
+
+
+def _parents(client: Any, stream: str, shard_id: str) -> tuple[str, ...]:
+    """The parent shards of ``shard_id`` (ListShards), so its rule state can be inherited."""
+    kwargs: dict[str, Any] = {"StreamName": stream}
+    while True:
+        page = client.list_shards(**kwargs)
+        for shard in page.get("Shards", []):
+            if shard["ShardId"] == shard_id:
+                found = (shard.get("ParentShardId"), shard.get("AdjacentParentShardId"))
+                return tuple(p for p in found if p)
+        token = page.get("NextToken")
+        if not token:
+            return ()
+        kwargs = {"NextToken": token}
 
 
 def _load_with_retries(

@@ -54,6 +54,7 @@ class KclShardReader:
         self.restore_until = restore_until if replay is not None else None
         self.restore_closed_through: Mapping[str, int] = dict(restore_closed_through or {})
         self._replay = replay
+        self.parents: tuple[str, ...] = ()  # set by the builder (inherited rule state)
         self._pending: deque[RecordBatch] = deque()
         self._end_queued = False
         self._finished = False

@@ -101,6 +101,7 @@ class KinesisShardReader:
         self.start = start
         self.restore_until: Position | None = None
         self.restore_closed_through: Mapping[str, int] = {}
+        self.parents: tuple[str, ...] = ()
         self._where = f"stream {stream!r} shard {shard_id}"
         self._client = client
         self._stream = stream
@@ -368,6 +369,7 @@ class KinesisPollerSource:
                 clock=self._clock,
             )
             reader.restore_until = restore_until
+            reader.parents = tuple(parents)
             if restore is not None and restore_until is not None:
                 reader.restore_closed_through = dict(restore.closed_through)
             self._readers[shard_id] = reader

@@ -104,6 +104,8 @@ class ShardReader(Protocol):
     restore_until: Position | None
     # Watermarks of idle/end closes to re-apply once the rebuild reaches restore_until.
     restore_closed_through: Mapping[str, int]
+    # Optional (read with getattr): the shard's parent shards, whose snapshotted rule state
+    # (inventory) the shard inherits after a reshard.
 
     def next_batch(self) -> RecordBatch | None: ...
 

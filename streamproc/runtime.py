@@ -249,8 +249,13 @@ class Runtime:
             log.info("reading shard %s", reader.shard_id)
             shard = _Shard(reader, self.processor_factory(reader.shard_id))
             if self.state_store is not None:
-                # A failure here raises: the shard cannot start without its state.
-                shard.processor.load_state(self.state_store.load(reader.shard_id))
+                # A failure here raises: the shard cannot start without its state. After a
+                # reshard, a child starts from its parents' state (its products were theirs);
+                # its own items, newer, are loaded last.
+                items = []
+                for shard_id in (*getattr(reader, "parents", ()), reader.shard_id):
+                    items += self.state_store.load(shard_id)
+                shard.processor.load_state(items)
             if reader.restore_until is not None:
                 shard.processor.begin_restore(
                     reader.restore_until,

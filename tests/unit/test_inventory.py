@@ -46,15 +46,15 @@ def events(deltas: list[int], product: str = "sku-1") -> list[dict[str, Any]]:
     ]
 
 
-def records(docs: list[dict[str, Any]], start: int = 100) -> list[Record]:
+def records(docs: list[dict[str, Any]], start: int = 100, shard: str = SHARD) -> list[Record]:
     return [
-        Record(orjson.dumps(d), d["store_id"], str(start + i), 0, 1_767_225_600_000, SHARD)
+        Record(orjson.dumps(d), d["store_id"], str(start + i), 0, 1_767_225_600_000, shard)
         for i, d in enumerate(docs)
     ]
 
 
-def processor() -> ShardProcessor:
-    return ShardProcessor(RuleSet((), (), (RULE,)), default_sinks=("memory",), shard_id=SHARD)
+def processor(shard: str = SHARD) -> ShardProcessor:
+    return ShardProcessor(RuleSet((), (), (RULE,)), default_sinks=("memory",), shard_id=shard)
 
 
 def test_one_alert_per_crossing_rearmed_only_above_threshold_plus_hysteresis() -> None:
@@ -122,7 +122,7 @@ def run(
     source = source or MemorySource([MemoryReader(SHARD, [recs], closed=False)])
     runtime = Runtime(
         source,
-        lambda _shard: processor(),
+        processor,
         {"memory": sink},
         MemoryDeadLetter(),
         settings=RuntimeSettings(checkpoint_interval_s=0.0, idle_sleep_s=0.0),
@@ -165,3 +165,18 @@ def test_a_crash_after_the_snapshot_but_before_the_checkpoint_counts_nothing_twi
     assert sorted(set(sink.delivered)) == sorted(whole.delivered)
     value = store.items[("low_stock", "store-1\x1fsku-1")].value
     assert value["q"] == 8  # 30 + sum(DELTAS), each record counted once
+
+
+def test_a_child_shard_continues_from_its_parents_stock_after_a_reshard() -> None:
+    docs = events([*DELTAS, +30, -25, -5])
+    whole = MemorySink()
+    run(records(docs), MemoryStateStore(), whole)
+    store, sink = MemoryStateStore(), MemorySink()
+    parent = MemoryReader(SHARD, [records(docs[:6])], closed=True)  # split after 6 events
+    run([], store, sink, MemorySource([parent]))
+    child = MemoryReader("shardId-1", [records(docs[6:], start=500, shard="shardId-1")])
+    child.parents = (SHARD,)  # type: ignore[attr-defined]
+    run([], store, sink, MemorySource([child], handed_out=False))
+    assert sink.delivered == whole.delivered  # same crossings, same alert ids
+    child_stock = store.items[("low_stock", "store-1\x1fsku-1")]
+    assert child_stock.shard_id == "shardId-1" and child_stock.value["q"] == 8
