@@ -6,13 +6,17 @@ an alert for people: it rides the same delivery path, so it is checkpointed the 
 update is one TransactWriteItems of two actions on the table (hash key ``store_id``, range key
 ``product_id``, both S):
 
-1. Put a marker item ``store_id = "#applied"``, ``product_id = <update id>`` (with an
-   ``expires_at`` epoch-seconds attribute for a TTL), on condition it does not exist;
+1. Put a marker item ``store_id = <the store>``, ``product_id = "#applied#<event id>"``
+   (markers spread over the stores' partitions; ``expires_at`` epoch seconds for a TTL, by
+   default 400 days: longer than the longest Kinesis retention, so a replay never finds its
+   marker gone), on condition it does not exist;
 2. ``ADD current_quantity :delta`` on the product's item.
 
 A replayed event (after a crash, a restart, a lease move) fails the marker's condition, the
 whole transaction is cancelled, and the outcome is ``duplicate``: the quantity never counts an
-event twice. Retry table: as the DynamoDB alert sink (throttling and conflicts are retried).
+event twice. The event id depends only on the event (not on the rule's name or version), so
+two rules or a new rule version never count an event twice either. A transaction cancelled by
+a conflict or throttling is retried; other errors follow the DynamoDB alert sink's table.
 """
 
 from __future__ import annotations
@@ -24,13 +28,27 @@ from typing import Any, Unpack
 
 from botocore.exceptions import ClientError
 
-from connectors.batching import BatchingSink, EntryResult, SinkOptions, classify_call_error
+from connectors.batching import (
+    BatchingSink,
+    EntryFailure,
+    EntryResult,
+    SinkOptions,
+    classify_call_error,
+)
 from connectors.dynamodb import RETRYABLE_CODES
 from streamproc.interfaces import DeadLetterDestination
 from streamproc.records import Alert
 
-MARKER_STORE = "#applied"
-MARKER_TTL_S = 7 * 86_400
+MARKER_PREFIX = "#applied#"
+MARKER_TTL_S = 400 * 86_400
+RETRY_REASONS = frozenset(
+    {
+        "TransactionConflict",
+        "ThrottlingError",
+        "ProvisionedThroughputExceeded",
+        "RequestLimitExceeded",
+    }
+)
 CONDITION = "attribute_not_exists(product_id)"
 
 
@@ -46,6 +64,7 @@ class InventoryTableSink(BatchingSink):
         table: str,
         dead_letter: DeadLetterDestination,
         max_workers: int = 4,
+        marker_ttl_s: int = MARKER_TTL_S,
         **options: Unpack[SinkOptions],
     ) -> None:
         super().__init__(
@@ -58,6 +77,7 @@ class InventoryTableSink(BatchingSink):
         )
         self._client = client
         self._table = table
+        self._marker_ttl_s = marker_ttl_s
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=f"sink-{name}")
 
     def _encode(self, alert: Alert) -> tuple[dict[str, Any], int]:
@@ -75,7 +95,7 @@ class InventoryTableSink(BatchingSink):
 
     def _apply(self, entry: dict[str, Any]) -> EntryResult:
         table = self._table
-        expires = str(int(time.time()) + MARKER_TTL_S)
+        expires = str(int(time.time()) + self._marker_ttl_s)
         try:
             self._client.transact_write_items(
                 TransactItems=[
@@ -83,8 +103,8 @@ class InventoryTableSink(BatchingSink):
                         "Put": {
                             "TableName": table,
                             "Item": {
-                                "store_id": {"S": MARKER_STORE},
-                                "product_id": {"S": entry["id"]},
+                                "store_id": {"S": entry["store_id"]},
+                                "product_id": {"S": MARKER_PREFIX + entry["id"]},
                                 "expires_at": {"N": expires},
                             },
                             "ConditionExpression": CONDITION,
@@ -108,6 +128,9 @@ class InventoryTableSink(BatchingSink):
             codes = [str(r.get("Code", "")) for r in reasons]
             if codes and codes[0] == "ConditionalCheckFailed":
                 return "duplicate"  # this event was counted before
+            retry = [code for code in codes if code in RETRY_REASONS]
+            if retry:
+                return EntryFailure(retry[0], "transaction cancelled", retryable=True)
             return classify_call_error(exc, RETRYABLE_CODES)
         return "sent"
 

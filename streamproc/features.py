@@ -73,19 +73,28 @@ class FeatureState:
         time_field: str = "event_time",
         amount_field: str = "amount",
         merchant_field: str = "merchant",
+        max_skew_ms: int | None = 3_600_000,
     ) -> None:
         self.names = tuple(names)
         self.key_field = key_field
         self.time_field = time_field
         self.amount_field = amount_field
         self.merchant_field = merchant_field
+        self.max_skew_ms = max_skew_ms
         self.windowed = any(n in WINDOWED for n in self.names)
         self._keys: dict[Any, deque[_Event]] = {}
         self._newest_ms: int | None = None
         self._since_sweep = 0
 
-    def observe(self, doc: Mapping[str, Any], position: Position) -> list[float]:
-        """Add the record to its key's history and return its feature vector."""
+    def observe(
+        self, doc: Mapping[str, Any], position: Position, arrival_ms: int | None = None
+    ) -> list[float]:
+        """Add the record to its key's history and return its feature vector.
+
+        With ``arrival_ms``, an event time more than ``max_skew_ms`` ahead of it is refused
+        (RecordError): one such record would otherwise push every key's look-back forward and
+        evict all history.
+        """
         if not self.windowed:
             return [self._plain(doc, name) for name in self.names]
         key = doc.get(self.key_field)
@@ -94,6 +103,12 @@ class FeatureState:
         if self.time_field not in doc:
             raise MissingFieldError(self.time_field)
         now = parse_event_time(doc[self.time_field])
+        skew = self.max_skew_ms
+        if arrival_ms is not None and skew is not None and now > arrival_ms + skew:
+            raise RecordError(
+                f"event time {doc[self.time_field]!r} is more than "
+                f"{skew // 1000} s ahead of the record's arrival"
+            )
         amount = _number(doc, self.amount_field)
         merchant = doc.get(self.merchant_field)
         if self._newest_ms is None or now > self._newest_ms:
@@ -123,7 +138,7 @@ class FeatureState:
         start_10m = now - 10 * MINUTE_MS
         start_1h = now - HOUR_MS
         for t, a, m, _ in events:
-            if t > now or t <= start_1h:
+            if t > now or t <= start_1h:  # (also skips stale events a sweep has not dropped)
                 continue  # later events (this one is late) and older ones are not "recent"
             spend += a
             merchants.add(m)
@@ -170,10 +185,9 @@ class FeatureState:
         """The earliest record still held: a restart replays from here (O(keys))."""
         oldest: Position | None = None
         for events in self._keys.values():
-            if events:
-                position = min(e[3] for e in events)
-                if oldest is None or position < oldest:
-                    oldest = position
+            # Arrival order is position order within a shard: the first is the oldest.
+            if events and (oldest is None or events[0][3] < oldest):
+                oldest = events[0][3]
         return oldest
 
     def holds_state(self) -> bool:

@@ -64,6 +64,7 @@ from streamproc.stateful import ShardState, StatefulRuleSpec, StateItem
 from streamproc.windows.eventtime import parse_event_time
 
 DAY_MS = 86_400_000
+MAX_DELTA = 1e12  # a quantity change beyond this is bad data, not stock
 SOURCE = "inventory.system"
 DETAIL_TYPE = "Low Inventory Alert"
 
@@ -154,14 +155,18 @@ class _InventoryState(ShardState):
         done = self._as_of.get(key)
         if done is not None and done[0] == record.shard_id and record.position <= done[1]:
             return None  # the loaded snapshot already counts this record
+        threshold = rule.threshold(store, product)
         stock = self._stock.get(key)
         if stock is None:
-            stock = self._stock[key] = _Stock(rule.initial_quantity, True, 0.0, None)
+            armed = rule.initial_quantity > threshold  # already low: no crossing to report
+            stock = self._stock[key] = _Stock(rule.initial_quantity, armed, 0.0, None)
+        if not math.isfinite(stock.quantity + delta) or abs(delta) > MAX_DELTA:
+            return None if restoring else f"quantity {delta!r} out of range (rule {rule.name!r})"
         if delta < 0 and at_ms is not None:
             _add_sale(stock, -delta, at_ms, rule.rate_days)
         stock.quantity += delta
-        threshold = rule.threshold(store, product)
-        if stock.armed and stock.quantity <= threshold:
+        # Only a sale crosses downwards; a restock never raises a low-stock alert.
+        if stock.armed and delta < 0 and stock.quantity <= threshold:
             stock.armed = False
             if not restoring:
                 when = doc.get(rule.time_field)
@@ -183,7 +188,8 @@ class _InventoryState(ShardState):
         rule = self.rule
         name = f"{rule.name}:stock"
         return Alert(
-            alert_id=make_alert_id(name, rule.version, identity),
+            # By the event alone: the table counts each event once, whichever rule sent it.
+            alert_id=make_alert_id("stock", 1, identity),
             rule=name,
             rule_version=rule.version,
             severity="LOW",

@@ -28,6 +28,7 @@ version: retraining does not turn replayed alerts into new ones.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -113,7 +114,7 @@ class _ModelState(ShardState):
         self, doc: Mapping[str, Any], record: Record, identity: str, restoring: bool
     ) -> str | None:
         try:
-            row = self.features.observe(doc, record.position)
+            row = self.features.observe(doc, record.position, record.arrival_ms)
         except RecordError as exc:
             return f"{exc.reason} (rule {self.rule.name!r})"
         if not restoring:
@@ -133,7 +134,12 @@ class _ModelState(ShardState):
         self._rows, self._pending = [], []
         scores = model.predict(rows)
         self.scored += len(rows)
-        for score, (doc, record, identity) in zip(scores, pending, strict=True):
+        for raw, (doc, record, identity) in zip(scores, pending, strict=True):
+            if not math.isfinite(raw):
+                reason = f"model {model.name} v{model.version} scored {raw!r} (rule {rule.name!r})"
+                dead.append(_dead(record, reason, rule.name))
+                continue
+            score = round(raw, 6)  # one value for the threshold, the severity and the payload
             if not score > rule.threshold:
                 continue
             try:
@@ -142,7 +148,7 @@ class _ModelState(ShardState):
             except RecordError as exc:
                 dead.append(_dead(record, f"{exc.reason} (rule {rule.name!r})", rule.name))
                 continue
-            fields["score"] = round(score, 6)
+            fields["score"] = score
             fields["model"] = model.name
             fields["model_version"] = model.version
             key = None if key_value is None else str(key_value)

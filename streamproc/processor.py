@@ -7,6 +7,7 @@ back as a :class:`DeadLetter` with the reason, and the records around it are pro
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from streamproc.records import Alert, DeadLetter, Position, Record, make_alert_i
 from streamproc.ruleset import RuleSet
 from streamproc.stateful import StateItem
 from streamproc.windowing import WindowSet
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +189,10 @@ class ShardProcessor:
                     )
                     rejected.clear()
                 for state in stateful:
-                    state.on_record(doc, record, _identity(doc, identity_field, record), True)
+                    try:
+                        state.on_record(doc, record, _identity(doc, identity_field, record), True)
+                    except Exception:  # refused when it was first processed: skip it again
+                        log.debug("rule state refused a replayed record", exc_info=True)
                 if record.position == self._restore_until:
                     self._finish_restore()
                 continue
@@ -236,10 +242,13 @@ class ShardProcessor:
             if stateful:
                 if identity is None:
                     identity = _identity(doc, identity_field, record)
-                for state in stateful:
-                    refused = state.on_record(doc, record, identity, False)
+                for spec, state in zip(self.ruleset.stateful_rules, stateful, strict=True):
+                    try:
+                        refused = state.on_record(doc, record, identity, False)
+                    except Exception as exc:  # bad data must not stop the shard
+                        refused = f"rule {spec.name!r} raised {type(exc).__name__}: {exc}"
                     if refused is not None:
-                        dead.append(_record_dead_letter(record, refused))
+                        dead.append(_record_dead_letter(record, refused, spec.name))
         for state in stateful:
             state.end_batch(alerts, dead)
         if records:

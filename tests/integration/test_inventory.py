@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +183,75 @@ def test_replaying_records_does_not_double_the_inventory_table(
     stop(again.runtime)
     assert again.runtime.totals.sink_outcomes["inventory_table"] == {"duplicate": len(DELTAS)}
     assert quantity() == sum(DELTAS)
+
+
+def test_a_transaction_conflict_is_retried_not_parked(
+    moto_endpoint: str, unique_name: str, tmp_path: Path
+) -> None:
+    """DynamoDB cancels a transaction that conflicts with another on the same item; moto never
+    does, so a botocore before-send hook answers the first two TransactWriteItems calls with
+    that cancellation. The updates are retried and counted once each; nothing is parked."""
+    from botocore.awsrequest import AWSResponse
+
+    from connectors.inventory_table import InventoryTableSink
+    from streamproc.interfaces import Delivery
+    from streamproc.records import Alert
+    from tests.integration.e2e import _Body
+    from tests.unit.memory import MemoryDeadLetter
+
+    ddb = make_env(moto_endpoint, unique_name, tmp_path).client("dynamodb")
+    table = f"{unique_name}-inventory"
+    ddb.create_table(
+        TableName=table,
+        AttributeDefinitions=[
+            {"AttributeName": "store_id", "AttributeType": "S"},
+            {"AttributeName": "product_id", "AttributeType": "S"},
+        ],
+        KeySchema=[
+            {"AttributeName": "store_id", "KeyType": "HASH"},
+            {"AttributeName": "product_id", "KeyType": "RANGE"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    conflicts = [2]
+
+    def conflict(**_: Any) -> AWSResponse | None:
+        if conflicts[0] == 0:
+            return None
+        conflicts[0] -= 1
+        body = {
+            "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+            "message": "Transaction cancelled (injected)",
+            "CancellationReasons": [{"Code": "None"}, {"Code": "TransactionConflict"}],
+        }
+        headers = {"Content-Type": "application/x-amz-json-1.0"}
+        return AWSResponse("https://injected.invalid/", 400, headers, _Body(orjson.dumps(body)))
+
+    ddb.meta.events.register("before-send.dynamodb.TransactWriteItems", conflict)
+    dead = MemoryDeadLetter()
+    sink = InventoryTableSink(ddb, table=table, dead_letter=dead, backoff_base=0.01)
+    for i, delta in enumerate((-3, -4)):
+        alert = Alert(
+            alert_id=f"event-{i}",
+            rule="low_stock:stock",
+            rule_version=1,
+            severity="LOW",
+            key="store-1/sku-1",
+            fields={"store_id": "store-1", "product_id": "sku-1", "quantity_delta": delta},
+            sinks=("inventory_table",),
+            shard_id="s",
+            sequence_number=str(i),
+        )
+        sink.add(Delivery(i, alert))
+    outcomes = []
+    for _ in range(200):
+        outcomes += sink.flush(force=True)
+        if not sink.pending():
+            break
+        time.sleep(0.01)
+    sink.close()
+    assert sorted(o.status for o in outcomes) == ["sent", "sent"] and not dead.parked
+    item = ddb.get_item(
+        TableName=table, Key={"store_id": {"S": "store-1"}, "product_id": {"S": "sku-1"}}
+    )["Item"]
+    assert item["current_quantity"]["N"] == "-7"

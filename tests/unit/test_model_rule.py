@@ -178,3 +178,16 @@ def test_the_shipped_fraud_model_rule_loads() -> None:
     ruleset = load_rules([ROOT / "rules" / "fraud_model.py"])
     spec = ruleset.stateful_by_name("fraud_score")
     assert spec.kind == "model"
+
+
+def test_a_far_future_event_time_is_refused_and_does_not_evict_history(tmp_path: Path) -> None:
+    txs = [tx for tx, _ in labelled_transactions(SPEC, 600)]
+    rule = make_rule(tmp_path, threshold=0.0)
+    clean = processor([rule]).process(records(txs))
+    future = dict(txs[300], tx_id="tx-future", event_time="9999-01-01T00:00:00Z")
+    poisoned = processor([rule]).process(records([*txs[:300], future, *txs[300:]]))
+    assert [d.reason for d in poisoned.dead_letters] == [
+        "event time '9999-01-01T00:00:00Z' is more than 3600 s ahead of the record's arrival "
+        "(rule 'fraud_score')"
+    ]
+    assert [a.fields["score"] for a in poisoned.alerts] == [a.fields["score"] for a in clean.alerts]
