@@ -1,30 +1,29 @@
 """Snapshots of rule state that replay cannot rebuild (inventory stock), in DynamoDB.
 
-One item per (stream, shard, rule, key): hash key ``shard`` = ``<stream>/<shard_id>``, range
-key ``item`` = ``<rule>/<key>``; attributes ``value`` (the state as JSON), ``sequence_number``
-and ``sub_sequence_number`` (the last record of that key the value counts). The runtime writes
-the items that changed, as of a settled position, before it checkpoints that position; writes
-are idempotent (the same value for the same position), so a retried or repeated save is
-harmless.
+One item per (stream, owning shard, rule, key): hash key ``shard`` = ``<stream>/<shard_id>``,
+range key ``item`` = ``<rule>/<key>``; attributes ``value`` (the state as JSON), and the last
+record of that key the value counts: ``as_of_shard`` (the owning shard, or a parent it was
+inherited from), ``sequence_number``, ``sub_sequence_number`` and ``position_key`` (sortable).
+The runtime writes the items that changed, as of a settled position, before it checkpoints
+that position. Each write is conditional: it never replaces a value counted to a later record
+of the same shard, so a stale writer (a worker that lost its lease but has not noticed yet)
+cannot undo a newer snapshot; repeating a write is harmless.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import orjson
 from botocore.exceptions import BotoCoreError, ClientError
 
-from connectors.checkpoints import _is_retryable
+from connectors.checkpoints import _is_retryable, position_key
 from streamproc.errors import TransportError
 from streamproc.records import Position
 from streamproc.stateful import StateItem
 
 log = logging.getLogger(__name__)
-
-_BATCH = 25  # BatchWriteItem limit
 
 
 class DynamoDbStateStore:
@@ -54,7 +53,7 @@ class DynamoDbStateStore:
                             rule=rule,
                             key=key,
                             value=orjson.loads(raw["value"]["S"]),
-                            shard_id=shard_id,
+                            shard_id=raw.get("as_of_shard", {"S": shard_id})["S"],
                             position=Position.of(
                                 raw["sequence_number"]["S"],
                                 int(raw["sub_sequence_number"]["N"]),
@@ -71,36 +70,38 @@ class DynamoDbStateStore:
             ) from exc
 
     def save(self, shard_id: str, items: list[StateItem]) -> None:
-        requests = [
-            {
-                "PutRequest": {
-                    "Item": {
-                        "shard": {"S": f"{self._stream}/{item.shard_id}"},
+        for item in items:
+            try:
+                self._client.put_item(
+                    TableName=self._table,
+                    Item={
+                        "shard": {"S": f"{self._stream}/{shard_id}"},
                         "item": {"S": f"{item.rule}/{item.key}"},
                         "value": {"S": orjson.dumps(dict(item.value)).decode()},
+                        "as_of_shard": {"S": item.shard_id},
                         "sequence_number": {"S": item.position.sequence},
                         "sub_sequence_number": {"N": str(item.position.sub_sequence_number)},
-                    }
-                }
-            }
-            for item in items
-        ]
-        try:
-            for start in range(0, len(requests), _BATCH):
-                pending = requests[start : start + _BATCH]
-                for attempt in range(8):
-                    response = self._client.batch_write_item(RequestItems={self._table: pending})
-                    pending = response.get("UnprocessedItems", {}).get(self._table, [])
-                    if not pending:
-                        break
-                    time.sleep(min(1.0, 0.05 * 2**attempt))  # DynamoDB asks for a backoff
-                if pending:
-                    raise TransportError(
-                        f"{len(pending)} state items of {shard_id} stayed unprocessed",
-                        retryable=True,
-                    )
-        except (ClientError, BotoCoreError) as exc:
-            raise TransportError(
-                f"cannot save rule state of {shard_id} to table {self._table!r}: {exc}",
-                retryable=_is_retryable(exc),
-            ) from exc
+                        "position_key": {"S": position_key(item.position)},
+                    },
+                    ConditionExpression=(
+                        "attribute_not_exists(#i) OR as_of_shard <> :s OR position_key <= :k"
+                    ),
+                    ExpressionAttributeNames={"#i": "item"},
+                    ExpressionAttributeValues={
+                        ":s": {"S": item.shard_id},
+                        ":k": {"S": position_key(item.position)},
+                    },
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                    log.debug("state item %s/%s is newer in the table: kept", item.rule, item.key)
+                    continue
+                raise TransportError(
+                    f"cannot save rule state of {shard_id} to table {self._table!r}: {exc}",
+                    retryable=_is_retryable(exc),
+                ) from exc
+            except BotoCoreError as exc:
+                raise TransportError(
+                    f"cannot save rule state of {shard_id} to table {self._table!r}: {exc}",
+                    retryable=_is_retryable(exc),
+                ) from exc

@@ -104,7 +104,7 @@ class FeatureState:
             raise MissingFieldError(self.time_field)
         now = parse_event_time(doc[self.time_field])
         skew = self.max_skew_ms
-        if arrival_ms is not None and skew is not None and now > arrival_ms + skew:
+        if arrival_ms and skew is not None and now > arrival_ms + skew:  # 0: unknown (replay)
             raise RecordError(
                 f"event time {doc[self.time_field]!r} is more than "
                 f"{skew // 1000} s ahead of the record's arrival"

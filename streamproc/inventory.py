@@ -138,6 +138,9 @@ class _InventoryState(ShardState):
         # Per changed product since the last committed snapshot: (position, value) after each
         # of its records, so a snapshot can be taken as of any settled position.
         self._history: dict[tuple[str, str], list[tuple[Position, dict[str, Any]]]] = {}
+        # Items inherited from parent shards, stored under this shard at the next snapshot so
+        # that this shard's own children (a second reshard) inherit them in turn.
+        self._inherited: list[StateItem] = []
         self._alerts: list[Alert] = []
 
     def on_record(
@@ -250,8 +253,10 @@ class _InventoryState(ShardState):
 
     # ------------------------------------------------------------------ snapshots
 
-    def snapshot(self, through: Position) -> list[StateItem]:
-        items = []
+    def snapshot(self, through: Position | None) -> list[StateItem]:
+        items = list(self._inherited)
+        if through is None:
+            return items
         for key, history in self._history.items():
             last = None
             for position, value in history:
@@ -264,7 +269,10 @@ class _InventoryState(ShardState):
                 )
         return items
 
-    def commit(self, through: Position) -> None:
+    def commit(self, through: Position | None) -> None:
+        self._inherited = []
+        if through is None:
+            return
         for key in list(self._history):
             left = [entry for entry in self._history[key] if entry[0] > through]
             if left:
@@ -282,6 +290,10 @@ class _InventoryState(ShardState):
                 float(value["q"]), bool(value["a"]), float(value["r"]), value["t"]
             )
             self._as_of[key] = (item.shard_id, item.position)
+            if item.shard_id != self.shard_id:
+                self._inherited.append(item)
+            else:  # this shard's own item replaces one inherited for the same key
+                self._inherited = [i for i in self._inherited if i.key != item.key]
 
 
 def _add_sale(stock: _Stock, units: float, at_ms: int, rate_days: float) -> None:

@@ -271,11 +271,11 @@ class ShardProcessor:
                 oldest = position
         return oldest
 
-    def snapshot(self, through: Position) -> list[StateItem]:
+    def snapshot(self, through: Position | None) -> list[StateItem]:
         """Snapshot items of the stateful rules as of the settled position ``through``."""
         return [item for state in self._stateful for item in state.snapshot(through)]
 
-    def commit_snapshot(self, through: Position) -> None:
+    def commit_snapshot(self, through: Position | None) -> None:
         for state in self._stateful:
             state.commit(through)
 

@@ -483,7 +483,7 @@ class Runtime:
             if due and (shard.settled != shard.checkpointed or ended or closed):
                 snapshot = None
                 try:
-                    if self.state_store is not None and shard.settled is not None:
+                    if self.state_store is not None:
                         snapshot = shard.processor.snapshot(shard.settled)
                         if snapshot:  # the state as of the checkpoint, stored before it
                             self.state_store.save(shard_id, snapshot)
@@ -510,7 +510,7 @@ class Runtime:
                     all_written = False
                     ended = False
                 else:
-                    if snapshot is not None and shard.settled is not None:
+                    if snapshot is not None:
                         shard.processor.commit_snapshot(shard.settled)
                     shard.checkpointed = shard.settled
                     shard.checkpointed_closes = closes

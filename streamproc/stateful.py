@@ -42,15 +42,17 @@ class ShardState(ABC):
 
     State that replay cannot rebuild (it depends on all history, like running stock) is
     snapshotted instead: ``snapshot(through)`` returns the items changed since the last
-    ``commit``, as of the settled position ``through``; the runtime stores them before it
-    checkpoints ``through`` and then calls ``commit(through)``; a restarted shard ``load``s them.
+    ``commit``, as of the settled position ``through`` (None: no record of the shard settled
+    yet), plus any state inherited from parent shards not yet stored under this shard; the
+    runtime stores them before it checkpoints ``through`` and then calls ``commit(through)``; a
+    restarted shard ``load``s them.
     """
 
-    def snapshot(self, through: Position) -> list[StateItem]:
+    def snapshot(self, through: Position | None) -> list[StateItem]:
         del through
         return []
 
-    def commit(self, through: Position) -> None:
+    def commit(self, through: Position | None) -> None:
         del through
 
     def load(self, items: list[StateItem]) -> None:
