@@ -47,7 +47,7 @@ from streamproc.records import (
     Severity,
     make_alert_id,
 )
-from streamproc.sql import field_getter
+from streamproc.sql import Predicate, compile_condition, field_getter
 from streamproc.stateful import ShardState, StatefulRuleSpec
 
 DEFAULT_SEVERITIES: Mapping[str, float] = {"CRITICAL": 0.9, "HIGH": 0.7, "MEDIUM": 0.5}
@@ -72,6 +72,9 @@ class ModelRule(StatefulRuleSpec):
     key_field: str
     time_field: str
     model_file: ModelFile = field(repr=False)
+    # Instead of ``score > threshold``: an SQL condition over the record and ``score``.
+    condition: Predicate | None = field(default=None, repr=False)
+    condition_text: str | None = None
 
     kind = "model"
 
@@ -89,9 +92,10 @@ class ModelRule(StatefulRuleSpec):
 
     def summary(self) -> str:
         model = self.model_file.model
+        when = self.condition_text or f"score > {self.threshold}"
         return (
             f"model {model.name} v{model.version} ({len(model.feature_names)} features: "
-            f"{', '.join(model.feature_names)}); alert when score > {self.threshold}"
+            f"{', '.join(model.feature_names)}); alert when {when}"
         )
 
 
@@ -140,8 +144,16 @@ class _ModelState(ShardState):
                 dead.append(_dead(record, reason, rule.name))
                 continue
             score = round(raw, 6)  # one value for the threshold, the severity and the payload
-            if not score > rule.threshold:
-                continue
+            if rule.condition is None:
+                if not score > rule.threshold:
+                    continue
+            else:
+                try:
+                    if not rule.condition({**doc, "score": score}):
+                        continue
+                except RecordError as exc:
+                    dead.append(_dead(record, f"{exc.reason} (rule {rule.name!r})", rule.name))
+                    continue
             try:
                 key_value = None if self._key is None else self._key(doc)
                 fields = {path: get(doc) for path, get in self._selectors}
@@ -203,12 +215,15 @@ def model_rule(
     reload_interval_s: float = 5.0,
     key_field: str = "card_id",
     time_field: str = "event_time",
+    condition: str | None = None,
 ) -> ModelRule:
     """Declare a model rule in a rule module (see the module docstring).
 
     ``model`` is a path relative to the rule module's file (or absolute). The model is loaded
     and validated now: a missing or broken file is a RuleCompileError at this line. ``key_field``
-    groups the windowed features (the card); ``key`` is the alert's key.
+    groups the windowed features (the card); ``key`` is the alert's key. ``condition``, SQL like
+    a condition rule's, replaces ``score > threshold``: it reads the record's fields and
+    ``score``, e.g. ``"score > 0.8 AND amount > 100"`` or ``"score > 0.6 AND state <> home_state"``.
     """
     caller = sys._getframe(1)
     file, line = caller.f_code.co_filename, caller.f_lineno
@@ -243,6 +258,12 @@ def model_rule(
             field_getter(dotted)
     except RuleCompileError as error:
         raise fail(error.message, error.hint) from None
+    compiled = None
+    if condition is not None:
+        try:
+            compiled = compile_condition(condition, rule=name)
+        except RuleCompileError as error:
+            raise fail(error.message, error.hint) from None
     path = Path(model)
     if not path.is_absolute():
         path = Path(file).resolve().parent / path
@@ -269,4 +290,6 @@ def model_rule(
         key_field=key_field,
         time_field=time_field,
         model_file=model_file,
+        condition=None if compiled is None else compiled.fn,
+        condition_text=condition,
     )

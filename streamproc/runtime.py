@@ -136,6 +136,8 @@ class Runtime:
         self._stopping = False
         self._dead_letter_failures = 0
         self._dead_letter_retry_at = float("-inf")
+        # Readers whose rule state could not be loaded yet (throttling): retried each discovery.
+        self._waiting: list[ShardReader] = []
 
     # ------------------------------------------------------------------------------ control
 
@@ -175,7 +177,9 @@ class Runtime:
     def run_once(self) -> bool:
         """One turn of the loop. Returns True if it did any work (read, delivered, settled)."""
         now = self.clock()
-        if now - self._last_discovery >= self.settings.discovery_interval_s:
+        # Discovery also retries shards whose state failed to load, after a second.
+        interval = 1.0 if self._waiting else self.settings.discovery_interval_s
+        if now - self._last_discovery >= interval:
             self._discover()
             self._last_discovery = now
         busy = False
@@ -242,20 +246,30 @@ class Runtime:
             if not exc.retryable:
                 raise
             log.warning("shard discovery failed, will retry: %s", exc)
-            return
-        for reader in readers:
+            readers = []
+        waiting, self._waiting = self._waiting, []
+        for reader in [*waiting, *readers]:
             if reader.shard_id in self._shards:
                 continue
-            log.info("reading shard %s", reader.shard_id)
-            shard = _Shard(reader, self.processor_factory(reader.shard_id))
+            processor = self.processor_factory(reader.shard_id)
             if self.state_store is not None:
-                # A failure here raises: the shard cannot start without its state. After a
-                # reshard, a child starts from its parents' state (its products were theirs);
-                # its own items, newer, are loaded last.
-                items = []
-                for shard_id in (*getattr(reader, "parents", ()), reader.shard_id):
-                    items += self.state_store.load(shard_id)
-                shard.processor.load_state(items)
+                # The shard cannot start without its state. After a reshard a child starts from
+                # its parents' state (its products were theirs); its own items, newer, last.
+                try:
+                    items = []
+                    for shard_id in (*getattr(reader, "parents", ()), reader.shard_id):
+                        items += self.state_store.load(shard_id)
+                except TransportError as exc:
+                    if not exc.retryable:
+                        raise
+                    log.warning(
+                        "state of shard %s not loaded, will retry: %s", reader.shard_id, exc
+                    )
+                    self._waiting.append(reader)
+                    continue
+                processor.load_state(items)
+            log.info("reading shard %s", reader.shard_id)
+            shard = _Shard(reader, processor)
             if reader.restore_until is not None:
                 shard.processor.begin_restore(
                     reader.restore_until,

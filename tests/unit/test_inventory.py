@@ -201,3 +201,37 @@ def test_a_grandchild_inherits_stock_its_parent_never_touched() -> None:
     run(records(docs), MemoryStateStore(), whole)
     sku1 = [a for a in sink.delivered if a in set(whole.delivered)]
     assert sku1 == whole.delivered  # both sku-1 crossings, with the same ids
+
+
+def test_a_throttled_state_load_delays_the_shard_instead_of_stopping_the_service() -> None:
+    class Flaky(MemoryStateStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.failures = 2
+
+        def load(self, shard_id: str) -> list[StateItem]:
+            if self.failures:
+                self.failures -= 1
+                raise TransportError("ProvisionedThroughputExceededException", retryable=True)
+            return super().load(shard_id)
+
+    now = [0.0]
+    store, sink = Flaky(), MemorySink()
+    runtime = Runtime(
+        MemorySource([MemoryReader(SHARD, [records(events(DELTAS))], closed=False)]),
+        processor,
+        {"memory": sink},
+        MemoryDeadLetter(),
+        settings=RuntimeSettings(checkpoint_interval_s=0.0, idle_sleep_s=0.0),
+        clock=lambda: now[0],
+        state_store=store,
+    )
+    runtime.run_once()
+    assert runtime.totals.shards_active == 0 and store.failures == 1
+    runtime.run_once()  # not yet: retried after a second
+    assert store.failures == 1
+    for _ in range(3):
+        now[0] += 1.0
+        runtime.run_once()
+    assert store.failures == 0 and runtime.totals.shards_active == 1
+    assert len(sink.delivered) == 2

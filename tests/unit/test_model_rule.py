@@ -191,3 +191,27 @@ def test_a_far_future_event_time_is_refused_and_does_not_evict_history(tmp_path:
         "(rule 'fraud_score')"
     ]
     assert [a.fields["score"] for a in poisoned.alerts] == [a.fields["score"] for a in clean.alerts]
+
+
+def test_a_model_rule_alerts_on_an_sql_condition_over_the_record_and_the_score(
+    tmp_path: Path,
+) -> None:
+    txs = [tx for tx, _ in labelled_transactions(SPEC, 3000)]
+    every = processor([make_rule(tmp_path, threshold=0.0)]).process(records(txs)).alerts
+    rule = make_rule(tmp_path, condition="score > 0.5 AND state <> home_state AND amount > 100")
+    alerts = processor([rule]).process(records(txs)).alerts
+    by_tx = {tx["tx_id"]: tx for tx in txs}
+    expected = [
+        a.fields["tx_id"]
+        for a in every
+        if a.fields["score"] > 0.5
+        and by_tx[a.fields["tx_id"]]["state"] != by_tx[a.fields["tx_id"]]["home_state"]
+        and by_tx[a.fields["tx_id"]]["amount"] > 100
+    ]
+    assert expected and [a.fields["tx_id"] for a in alerts] == expected
+    assert "score > 0.5 AND" in rule.summary()
+
+
+def test_a_condition_that_does_not_compile_is_a_rule_error(tmp_path: Path) -> None:
+    with pytest.raises(RuleCompileError, match="fraud_score"):
+        make_rule(tmp_path, condition="score >> 1")
