@@ -112,7 +112,8 @@ class InventoryRule(StatefulRuleSpec):
         )
         return (
             f"stock per ({self.store_field}, {self.product_field}); alert at <= {threshold}, "
-            f"re-armed above + {self.hysteresis}; lead time {self.lead_time_days} days"
+            f"re-armed above threshold + {self.hysteresis:g}; lead time "
+            f"{self.lead_time_days:g} days"
         )
 
 

@@ -94,7 +94,7 @@ class ModelRule(StatefulRuleSpec):
         model = self.model_file.model
         when = self.condition_text or f"score > {self.threshold}"
         return (
-            f"model {model.name} v{model.version} ({len(model.feature_names)} features: "
+            f"model {model.name} (version {model.version}; {len(model.feature_names)} features: "
             f"{', '.join(model.feature_names)}); alert when {when}"
         )
 
