@@ -141,7 +141,7 @@ class _ModelState(ShardState):
         for raw, (doc, record, identity) in zip(scores, pending, strict=True):
             if not math.isfinite(raw):
                 reason = f"model {model.name} v{model.version} scored {raw!r} (rule {rule.name!r})"
-                dead.append(_dead(record, reason, rule.name))
+                dead.append(DeadLetter.of_record(record, reason, rule.name))
                 continue
             score = round(raw, 6)  # one value for the threshold, the severity and the payload
             if rule.condition is None:
@@ -152,13 +152,19 @@ class _ModelState(ShardState):
                     if not rule.condition({**doc, "score": score}):
                         continue
                 except RecordError as exc:
-                    dead.append(_dead(record, f"{exc.reason} (rule {rule.name!r})", rule.name))
+                    dead.append(
+                        DeadLetter.of_record(
+                            record, f"{exc.reason} (rule {rule.name!r})", rule.name
+                        )
+                    )
                     continue
             try:
                 key_value = None if self._key is None else self._key(doc)
                 fields = {path: get(doc) for path, get in self._selectors}
             except RecordError as exc:
-                dead.append(_dead(record, f"{exc.reason} (rule {rule.name!r})", rule.name))
+                dead.append(
+                    DeadLetter.of_record(record, f"{exc.reason} (rule {rule.name!r})", rule.name)
+                )
                 continue
             fields["score"] = score
             fields["model"] = model.name
@@ -187,18 +193,6 @@ class _ModelState(ShardState):
 
     def key_count(self) -> int:
         return self.features.key_count()
-
-
-def _dead(record: Record, reason: str, rule: str) -> DeadLetter:
-    return DeadLetter(
-        kind="record",
-        reason=reason,
-        shard_id=record.shard_id,
-        sequence_number=record.sequence_number,
-        sub_sequence_number=record.sub_sequence_number,
-        rule=rule,
-        data=record.data,
-    )
 
 
 def model_rule(

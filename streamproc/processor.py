@@ -177,7 +177,7 @@ class ShardProcessor:
                 doc = f"cannot decode record: {type(exc).__name__}: {exc}"
             if isinstance(doc, str):
                 if not restoring:
-                    dead.append(_record_dead_letter(record, doc))
+                    dead.append(DeadLetter.of_record(record, doc))
                 elif record.position == self._restore_until:
                     self._finish_restore()
                 continue
@@ -205,12 +205,14 @@ class ShardProcessor:
                     key, fields = rule.extract(doc)
                 except MissingFieldError as exc:
                     dead.append(
-                        _record_dead_letter(record, f"{exc.reason} (rule {rule.name!r})", rule.name)
+                        DeadLetter.of_record(
+                            record, f"{exc.reason} (rule {rule.name!r})", rule.name
+                        )
                     )
                     continue
                 except Exception as exc:  # a rule's Python code failed: data for the DLQ
                     reason = f"rule {rule.name!r} raised {type(exc).__name__}: {exc}"
-                    dead.append(_record_dead_letter(record, reason, rule.name))
+                    dead.append(DeadLetter.of_record(record, reason, rule.name))
                     continue
                 matches[index] += 1
                 if identity is None:
@@ -237,7 +239,7 @@ class ShardProcessor:
                     identity = _identity(doc, identity_field, record)
                 windows.on_record(doc, record, identity, alerts, rejected)
                 for rule_name, reason in rejected:
-                    dead.append(_record_dead_letter(record, reason, rule_name))
+                    dead.append(DeadLetter.of_record(record, reason, rule_name))
                 rejected.clear()
             if stateful:
                 if identity is None:
@@ -248,7 +250,7 @@ class ShardProcessor:
                     except Exception as exc:  # bad data must not stop the shard
                         refused = f"rule {spec.name!r} raised {type(exc).__name__}: {exc}"
                     if refused is not None:
-                        dead.append(_record_dead_letter(record, refused, spec.name))
+                        dead.append(DeadLetter.of_record(record, refused, spec.name))
         for state in stateful:
             state.end_batch(alerts, dead)
         if records:
@@ -312,15 +314,3 @@ def _identity(doc: Mapping[str, Any], identity_field: str, record: Record) -> st
     if value is None or isinstance(value, (dict, list)):
         return record.identity
     return f"{identity_field}={value}"
-
-
-def _record_dead_letter(record: Record, reason: str, rule: str | None = None) -> DeadLetter:
-    return DeadLetter(
-        kind="record",
-        reason=reason,
-        shard_id=record.shard_id,
-        sequence_number=record.sequence_number,
-        sub_sequence_number=record.sub_sequence_number,
-        rule=rule,
-        data=record.data,
-    )

@@ -166,6 +166,19 @@ class DeadLetter:
     data: bytes = b""
     at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
+    @classmethod
+    def of_record(cls, record: Record, reason: str, rule: str | None = None) -> DeadLetter:
+        """A refused input record, with its original bytes."""
+        return cls(
+            kind="record",
+            reason=reason,
+            shard_id=record.shard_id,
+            sequence_number=record.sequence_number,
+            sub_sequence_number=record.sub_sequence_number,
+            rule=rule,
+            data=record.data,
+        )
+
     def payload(self) -> dict[str, Any]:
         return {
             "kind": self.kind,

@@ -250,3 +250,14 @@ def checkpoints(env: Env) -> dict[str, int]:
     return {
         i["shard_id"]["S"]: int(i["sequence_number"]["S"]) for i in items if "sequence_number" in i
     }
+
+
+def create_table(ddb: Any, name: str, hash_key: str, range_key: str | None = None) -> None:
+    """An on-demand DynamoDB table with string keys."""
+    keys = [(hash_key, "HASH")] + ([(range_key, "RANGE")] if range_key else [])
+    ddb.create_table(
+        TableName=name,
+        AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k, _ in keys],
+        KeySchema=[{"AttributeName": k, "KeyType": t} for k, t in keys],
+        BillingMode="PAY_PER_REQUEST",
+    )

@@ -13,7 +13,14 @@ from typing import Any
 import orjson
 
 from streamproc.config import InventoryTableSinkConfig
-from tests.integration.e2e import all_settled, make_env, receive_all, run_until, stop
+from tests.integration.e2e import (
+    all_settled,
+    create_table,
+    make_env,
+    receive_all,
+    run_until,
+    stop,
+)
 
 INVENTORY_RULE = """
 from streamproc import inventory_rule
@@ -129,18 +136,7 @@ def test_replaying_records_does_not_double_the_inventory_table(
     env = make_env(moto_endpoint, unique_name, tmp_path, extra_rules=STOCK_RULE, shards=2)
     ddb = env.client("dynamodb")
     table = f"{unique_name}-inventory"
-    ddb.create_table(
-        TableName=table,
-        AttributeDefinitions=[
-            {"AttributeName": "store_id", "AttributeType": "S"},
-            {"AttributeName": "product_id", "AttributeType": "S"},
-        ],
-        KeySchema=[
-            {"AttributeName": "store_id", "KeyType": "HASH"},
-            {"AttributeName": "product_id", "KeyType": "RANGE"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_table(ddb, table, "store_id", "product_id")
     sinks = dataclasses.replace(
         env.config.sinks,
         inventory_table=InventoryTableSinkConfig(enabled=True, table=table),
@@ -167,16 +163,8 @@ def test_replaying_records_does_not_double_the_inventory_table(
         checkpoint_table=f"{unique_name}-checkpoints-2",
         state_table=f"{unique_name}-state-2",
     )
-    for name, keys in (
-        (fresh.checkpoint_table, [("stream", "HASH"), ("shard_id", "RANGE")]),
-        (fresh.state_table, [("shard", "HASH"), ("item", "RANGE")]),
-    ):
-        ddb.create_table(
-            TableName=name,
-            AttributeDefinitions=[{"AttributeName": k, "AttributeType": "S"} for k, _ in keys],
-            KeySchema=[{"AttributeName": k, "KeyType": t} for k, t in keys],
-            BillingMode="PAY_PER_REQUEST",
-        )
+    create_table(ddb, fresh.checkpoint_table, "stream", "shard_id")
+    create_table(ddb, fresh.state_table, "shard", "item")
     env.config = dataclasses.replace(env.config, source=fresh)
     again = env.app()
     run_until(again.runtime, all_settled(len(records)))
@@ -201,18 +189,7 @@ def test_a_transaction_conflict_is_retried_not_parked(
 
     ddb = make_env(moto_endpoint, unique_name, tmp_path).client("dynamodb")
     table = f"{unique_name}-inventory"
-    ddb.create_table(
-        TableName=table,
-        AttributeDefinitions=[
-            {"AttributeName": "store_id", "AttributeType": "S"},
-            {"AttributeName": "product_id", "AttributeType": "S"},
-        ],
-        KeySchema=[
-            {"AttributeName": "store_id", "KeyType": "HASH"},
-            {"AttributeName": "product_id", "KeyType": "RANGE"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_table(ddb, table, "store_id", "product_id")
     conflicts = [2]
 
     def conflict(**_: Any) -> AWSResponse | None:

@@ -8,23 +8,13 @@ from typing import Any
 from connectors.state import DynamoDbStateStore
 from streamproc.records import Position
 from streamproc.stateful import StateItem
+from tests.integration.e2e import create_table
 
 
 def test_a_stale_save_never_replaces_a_newer_value(aws_client: Any, unique_name: str) -> None:
     ddb = aws_client("dynamodb")
     table = f"{unique_name}-state"
-    ddb.create_table(
-        TableName=table,
-        AttributeDefinitions=[
-            {"AttributeName": "shard", "AttributeType": "S"},
-            {"AttributeName": "item", "AttributeType": "S"},
-        ],
-        KeySchema=[
-            {"AttributeName": "shard", "KeyType": "HASH"},
-            {"AttributeName": "item", "KeyType": "RANGE"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_table(ddb, table, "shard", "item")
     store = DynamoDbStateStore(ddb, table, "payments")
 
     def item(q: int, seq: str, shard: str = "shardId-1") -> StateItem:

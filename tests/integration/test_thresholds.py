@@ -8,6 +8,7 @@ from streamproc.inventory import inventory_rule
 from streamproc.processor import ShardProcessor
 from streamproc.ruleset import RuleSet
 from streamproc.thresholds import ThresholdTable
+from tests.integration.e2e import create_table
 from tests.unit.test_inventory import events, records
 
 
@@ -21,12 +22,7 @@ def put(ddb: Any, table: str, product: str, threshold: int) -> None:
 def test_thresholds_come_from_the_table_and_refresh(aws_client: Any, unique_name: str) -> None:
     ddb = aws_client("dynamodb")
     table = f"{unique_name}-thresholds"
-    ddb.create_table(
-        TableName=table,
-        AttributeDefinitions=[{"AttributeName": "product_id", "AttributeType": "S"}],
-        KeySchema=[{"AttributeName": "product_id", "KeyType": "HASH"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_table(ddb, table, "product_id")
     put(ddb, table, "sku-1", 20)
     thresholds = ThresholdTable(table, refresh_s=0, client=ddb)  # refreshed by hand here
     rule = inventory_rule(
