@@ -183,14 +183,13 @@ class ShardProcessor:
                 continue
             if restoring:
                 result.restored += 1
+                replayed = _identity(doc, identity_field, record)
                 if windows is not None:
-                    windows.on_record(
-                        doc, record, _identity(doc, identity_field, record), None, rejected
-                    )
+                    windows.on_record(doc, record, replayed, None, rejected)
                     rejected.clear()
                 for state in stateful:
                     try:
-                        state.on_record(doc, record, _identity(doc, identity_field, record), True)
+                        state.on_record(doc, record, replayed, True)
                     except Exception:  # refused when it was first processed: skip it again
                         log.debug("rule state refused a replayed record", exc_info=True)
                 if record.position == self._restore_until:
