@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streamproc.errors import MissingFieldError, RecordError
-from streamproc.records import Position
+from streamproc.records import Pos
 from streamproc.windows.eventtime import parse_event_time
 
 MINUTE_MS = 60_000
@@ -55,7 +55,7 @@ HORIZON_MS = HOUR_MS  # the longest look-back of the windowed features
 SWEEP_EVERY = 10_000  # records between sweeps of keys that went quiet
 
 # One remembered event: (event ms, amount, merchant, position).
-_Event = tuple[int, float, Any, Position]
+_Event = tuple[int, float, Any, Pos]
 
 
 class FeatureState:
@@ -87,7 +87,7 @@ class FeatureState:
         self._since_sweep = 0
 
     def observe(
-        self, doc: Mapping[str, Any], position: Position, arrival_ms: int | None = None
+        self, doc: Mapping[str, Any], position: Pos, arrival_ms: int | None = None
     ) -> list[float]:
         """Add the record to its key's history and return its feature vector.
 
@@ -181,9 +181,9 @@ class FeatureState:
         for key in quiet:
             del self._keys[key]
 
-    def oldest_position(self) -> Position | None:
+    def oldest_position(self) -> Pos | None:
         """The earliest record still held: a restart replays from here (O(keys))."""
-        oldest: Position | None = None
+        oldest: Pos | None = None
         for events in self._keys.values():
             # Arrival order is position order within a shard: the first is the oldest.
             if events and (oldest is None or events[0][3] < oldest):

@@ -46,8 +46,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from streamproc.errors import RecordError, RuleCompileError
@@ -55,6 +57,7 @@ from streamproc.records import (
     SEVERITIES,
     Alert,
     DeadLetter,
+    Pos,
     Position,
     Record,
     Severity,
@@ -117,15 +120,18 @@ class InventoryRule(StatefulRuleSpec):
         )
 
 
-@dataclass(slots=True)
-class _Stock:
-    quantity: float
-    armed: bool
-    rate: float  # units per day, decayed to rate_ms
-    rate_ms: int | None
+# One product's state: (quantity, armed, rate in units per day decayed to rate_ms, rate_ms).
+# An immutable tuple replaced on every change: plain tuples of numbers drop out of the garbage
+# collector's tracking, and there is one per product.
+_Stock = tuple[float, bool, float, int | None]
+# The state after one record, kept until a snapshot has it: (key, position, stock).
+_Entry = tuple[tuple[str, str], Pos, _Stock]
 
-    def value(self) -> dict[str, Any]:
-        return {"q": self.quantity, "a": self.armed, "r": self.rate, "t": self.rate_ms}
+
+def _value(stock: _Stock) -> dict[str, Any]:
+    """A snapshot item's value (JSON)."""
+    quantity, armed, rate, rate_ms = stock
+    return {"q": quantity, "a": armed, "r": rate, "t": rate_ms}
 
 
 class _InventoryState(ShardState):
@@ -136,51 +142,85 @@ class _InventoryState(ShardState):
         self._stock: dict[tuple[str, str], _Stock] = {}
         # Per product: the position up to which a loaded snapshot already counts its records.
         self._as_of: dict[tuple[str, str], tuple[str, Position]] = {}
-        # Per changed product since the last committed snapshot: (position, value) after each
-        # of its records, so a snapshot can be taken as of any settled position.
-        self._history: dict[tuple[str, str], list[tuple[Position, dict[str, Any]]]] = {}
+        # The state after each record since the last committed snapshot, in record order, so a
+        # snapshot can be taken as of any settled position.
+        self._history: list[_Entry] = []
+        self._static = None if callable(rule.reorder_threshold) else float(rule.reorder_threshold)
+        self._fields = (rule.store_field, rule.product_field, rule.quantity_field, rule.time_field)
+        self._decay_ms = rule.rate_days * DAY_MS
         # Items inherited from parent shards, stored under this shard at the next snapshot so
         # that this shard's own children (a second reshard) inherit them in turn.
         self._inherited: list[StateItem] = []
         self._alerts: list[Alert] = []
 
     def on_record(
-        self, doc: Mapping[str, Any], record: Record, identity: str, restoring: bool
+        self,
+        doc: Mapping[str, Any],
+        record: Record,
+        position: Pos,
+        identity: str,
+        restoring: bool,
     ) -> str | None:
         rule = self.rule
+        store_field, product_field, quantity_field, time_field = self._fields
+        # Strings, a whole-number quantity and an event time take the fast path; anything else
+        # the checked one (_read), which says what is wrong.
+        store = doc.get(store_field)
+        product = doc.get(product_field)
+        delta = doc.get(quantity_field)
+        when = doc.get(time_field)
         try:
-            store = _text(doc, rule.store_field)
-            product = _text(doc, rule.product_field)
-            delta = _number(doc, rule.quantity_field)
-            at_ms = parse_event_time(doc[rule.time_field]) if rule.time_field in doc else None
+            if (
+                store.__class__ is str
+                and product.__class__ is str
+                and delta.__class__ is int
+                and -MAX_DELTA <= delta <= MAX_DELTA
+                and when is not None
+            ):
+                at_ms: int | None = parse_event_time(when)
+            else:
+                store, product, delta, at_ms = _read(doc, self._fields)
         except RecordError as exc:
             return None if restoring else f"{exc.reason} (rule {rule.name!r})"
         key = (store, product)
-        done = self._as_of.get(key)
-        if done is not None and done[0] == record.shard_id and record.position <= done[1]:
-            return None  # the loaded snapshot already counts this record
-        threshold = rule.threshold(store, product)
+        if self._as_of:
+            done = self._as_of.get(key)
+            if done is not None and done[0] == record.shard_id and position <= done[1]:
+                return None  # the loaded snapshot already counts this record
+        threshold = self._static if self._static is not None else rule.threshold(store, product)
         stock = self._stock.get(key)
         if stock is None:
-            armed = rule.initial_quantity > threshold  # already low: no crossing to report
-            stock = self._stock[key] = _Stock(rule.initial_quantity, armed, 0.0, None)
-        if not math.isfinite(stock.quantity + delta) or abs(delta) > MAX_DELTA:
+            # Already low at the start: no crossing to report.
+            quantity, armed, rate, rate_ms = (
+                rule.initial_quantity,
+                rule.initial_quantity > threshold,
+                0.0,
+                None,
+            )
+        else:
+            quantity, armed, rate, rate_ms = stock
+        quantity += delta
+        if not _isfinite(quantity):
             return None if restoring else f"quantity {delta!r} out of range (rule {rule.name!r})"
-        if delta < 0 and at_ms is not None:
-            _add_sale(stock, -delta, at_ms, rule.rate_days)
-        stock.quantity += delta
+        if delta < 0 and at_ms is not None:  # a sale: units per day, exponentially time-decayed
+            if rate_ms is None:
+                rate_ms = at_ms
+            elif at_ms > rate_ms:
+                rate *= _exp((rate_ms - at_ms) / self._decay_ms)
+                rate_ms = at_ms
+            rate -= delta / rule.rate_days
         # Only a sale crosses downwards; a restock never raises a low-stock alert.
-        if stock.armed and delta < 0 and stock.quantity <= threshold:
-            stock.armed = False
+        if armed and delta < 0 and quantity <= threshold:
+            armed = False
             if not restoring:
-                when = doc.get(rule.time_field)
-                alert = self._alert(record, identity, store, product, stock, threshold)
+                alert = self._alert(record, identity, store, product, quantity, rate, threshold)
                 if isinstance(when, str):
                     alert = dataclasses.replace(alert, event_time=when)
                 self._alerts.append(alert)
-        elif not stock.armed and stock.quantity > threshold + rule.hysteresis:
-            stock.armed = True
-        self._history.setdefault(key, []).append((record.position, stock.value()))
+        elif not armed and quantity > threshold + rule.hysteresis:
+            armed = True
+        self._stock[key] = stock = (quantity, armed, rate, rate_ms)
+        self._history.append((key, position, stock))
         if rule.stock_sink is not None and not restoring:
             self._alerts.append(self._stock_update(record, identity, store, product, delta))
         return None
@@ -211,16 +251,16 @@ class _InventoryState(ShardState):
         identity: str,
         store: str,
         product: str,
-        stock: _Stock,
+        quantity: float,
+        daily: float,
         threshold: float,
     ) -> Alert:
         rule = self.rule
-        daily = stock.rate
-        suggested = max(0, math.ceil(daily * rule.lead_time_days + threshold - stock.quantity))
+        suggested = max(0, math.ceil(daily * rule.lead_time_days + threshold - quantity))
         fields = {
             "store_id": store,
             "product_id": product,
-            "current_quantity": _plain(stock.quantity),
+            "current_quantity": _plain(quantity),
             "reorder_threshold": _plain(threshold),
             "suggested_order_quantity": suggested,
             "daily_sales_rate": round(daily, 3),
@@ -246,7 +286,7 @@ class _InventoryState(ShardState):
         alerts.extend(self._alerts)
         self._alerts = []
 
-    def oldest_position(self) -> Position | None:
+    def oldest_position(self) -> Pos | None:
         return None  # snapshotted, not replayed
 
     def key_count(self) -> int:
@@ -258,28 +298,29 @@ class _InventoryState(ShardState):
         items = list(self._inherited)
         if through is None:
             return items
-        for key, history in self._history.items():
-            last = None
-            for position, value in history:
-                if position > through:
-                    break
-                last = (position, value)
-            if last is not None:
-                items.append(
-                    StateItem(self.rule.name, _key_text(key), last[1], self.shard_id, last[0])
+        latest: dict[tuple[str, str], tuple[Pos, _Stock]] = {}
+        for key, position, stock in self._history:  # in record order
+            if position > through:
+                break
+            latest[key] = (position, stock)
+        for key, (position, stock) in latest.items():
+            items.append(
+                StateItem(
+                    self.rule.name,
+                    _key_text(key),
+                    _value(stock),
+                    self.shard_id,
+                    Position(*position),
                 )
+            )
         return items
 
     def commit(self, through: Position | None) -> None:
         self._inherited = []
         if through is None:
             return
-        for key in list(self._history):
-            left = [entry for entry in self._history[key] if entry[0] > through]
-            if left:
-                self._history[key] = left
-            else:
-                del self._history[key]
+        history = self._history
+        del history[: bisect_right(history, through, key=_POSITION)]
 
     def load(self, items: list[StateItem]) -> None:
         for item in items:
@@ -287,9 +328,7 @@ class _InventoryState(ShardState):
                 continue
             key = _split_key(item.key)
             value = item.value
-            self._stock[key] = _Stock(
-                float(value["q"]), bool(value["a"]), float(value["r"]), value["t"]
-            )
+            self._stock[key] = (float(value["q"]), bool(value["a"]), float(value["r"]), value["t"])
             self._as_of[key] = (item.shard_id, item.position)
             if item.shard_id != self.shard_id:
                 self._inherited.append(item)
@@ -297,13 +336,23 @@ class _InventoryState(ShardState):
                 self._inherited = [i for i in self._inherited if i.key != item.key]
 
 
-def _add_sale(stock: _Stock, units: float, at_ms: int, rate_days: float) -> None:
-    """Exponentially time-decayed units per day: each sale adds units / rate_days."""
-    if stock.rate_ms is not None and at_ms > stock.rate_ms:
-        stock.rate *= math.exp(-(at_ms - stock.rate_ms) / (rate_days * DAY_MS))
-    if stock.rate_ms is None or at_ms > stock.rate_ms:
-        stock.rate_ms = at_ms
-    stock.rate += units / rate_days
+_POSITION = itemgetter(1)
+_isfinite = math.isfinite
+_exp = math.exp
+
+
+def _read(
+    doc: Mapping[str, Any], fields: tuple[str, str, str, str]
+) -> tuple[str, str, float, int | None]:
+    """Store, product, quantity change and event time (None: no time field), checked."""
+    store_field, product_field, quantity_field, time_field = fields
+    store = _text(doc, store_field)
+    product = _text(doc, product_field)
+    delta = _number(doc, quantity_field)
+    if abs(delta) > MAX_DELTA:
+        raise RecordError(f"quantity {delta!r} out of range")
+    at_ms = parse_event_time(doc[time_field]) if time_field in doc else None
+    return store, product, delta, at_ms
 
 
 def _key_text(key: tuple[str, str]) -> str:

@@ -42,7 +42,7 @@ from streamproc.records import (
     SEVERITIES,
     Alert,
     DeadLetter,
-    Position,
+    Pos,
     Record,
     Severity,
     make_alert_id,
@@ -115,10 +115,15 @@ class _ModelState(ShardState):
         self.scored = 0
 
     def on_record(
-        self, doc: Mapping[str, Any], record: Record, identity: str, restoring: bool
+        self,
+        doc: Mapping[str, Any],
+        record: Record,
+        position: Pos,
+        identity: str,
+        restoring: bool,
     ) -> str | None:
         try:
-            row = self.features.observe(doc, record.position, record.arrival_ms)
+            row = self.features.observe(doc, position, record.arrival_ms)
         except RecordError as exc:
             return f"{exc.reason} (rule {self.rule.name!r})"
         if not restoring:
@@ -188,7 +193,7 @@ class _ModelState(ShardState):
                 )
             )
 
-    def oldest_position(self) -> Position | None:
+    def oldest_position(self) -> Pos | None:
         return self.features.oldest_position()
 
     def key_count(self) -> int:

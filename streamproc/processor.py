@@ -16,7 +16,7 @@ import orjson
 
 from streamproc.errors import MissingFieldError
 from streamproc.interfaces import RestorePoint
-from streamproc.records import Alert, DeadLetter, Position, Record, make_alert_id
+from streamproc.records import Alert, DeadLetter, Pos, Position, Record, make_alert_id
 from streamproc.ruleset import RuleSet
 from streamproc.stateful import StateItem
 from streamproc.windowing import WindowSet
@@ -64,6 +64,13 @@ def nesting_depth(value: Any, limit: int | None = None) -> int:
                 return deepest
         stack.extend((child, depth) for child in children)
     return deepest
+
+
+def _decode_or_reason(data: bytes, limits: DecodeLimits) -> dict[str, Any] | str:
+    try:
+        return decode(data, limits)
+    except Exception as exc:  # a decoder failure we did not foresee is still bad data
+        return f"cannot decode record: {type(exc).__name__}: {exc}"
 
 
 def decode(data: bytes, limits: DecodeLimits) -> dict[str, Any] | str:
@@ -114,7 +121,10 @@ class ShardProcessor:
         self.limits = limits or DecodeLimits()
         self.default_sinks = tuple(default_sinks)
         # Resolve per-rule constants once, so the loop below only does per-record work.
-        self._plan = [(r, r.condition, r.sinks or self.default_sinks) for r in ruleset.rules]
+        self._plan = [
+            (index, r, r.condition, r.sinks or self.default_sinks)
+            for index, r in enumerate(ruleset.rules)
+        ]
         self.condition_names = frozenset(r.name for r in ruleset.rules)
         self.windows = WindowSet(
             ruleset.window_rules,
@@ -125,6 +135,10 @@ class ShardProcessor:
         self._stateful = [
             spec.build(shard_id, self.default_sinks, identity_field)
             for spec in ruleset.stateful_rules
+        ]
+        self._stateful_plan = [
+            (spec.name, state.on_record)
+            for spec, state in zip(ruleset.stateful_rules, self._stateful, strict=True)
         ]
         # "Windows" below means any state rebuilt by replay: window rules and stateful rules.
         self._has_windows = bool(ruleset.window_rules) or bool(self._stateful)
@@ -153,51 +167,50 @@ class ShardProcessor:
         self._restore_point = None
 
     def process(self, records: Sequence[Record]) -> ProcessResult:
-        """Evaluate a batch (see :meth:`begin_restore` for records an earlier run processed)."""
-        result = ProcessResult(matches=[0] * len(self._plan))
+        """Evaluate a batch (see :meth:`begin_restore` for records an earlier run processed).
+
+        The loop is the hot path (``benchmarks/``): constants are hoisted out of it, a
+        well-formed record takes the inline decode, and each record's position is made once.
+        """
+        plan = self._plan
+        result = ProcessResult(matches=[0] * len(plan))
         alerts = result.alerts
         dead = result.dead_letters
         matches = result.matches
         limits = self.limits
+        max_bytes = limits.max_record_bytes
+        max_depth = limits.max_nesting_depth
+        loads = orjson.loads
         identity_field = self.identity_field
         event_time_field = self.event_time_field
-        windows = self.windows if self.ruleset.window_rules else None
-        stateful = self._stateful
+        windows = self.windows.on_record if self.ruleset.window_rules else None
+        stateful = self._stateful_plan
         rejected: list[tuple[str, str]] = []
+        decoded = 0
         for record in records:
-            restoring = False
             if self._restore_until is not None:
                 if record.position <= self._restore_until:
-                    restoring = True
-                else:  # the replay is complete (its last record may have been trimmed)
-                    self._finish_restore()
+                    self._restore(record, result, rejected)
+                    continue
+                self._finish_restore()  # complete (its last record may have been trimmed)
+            data = record.data
             try:
-                doc = decode(record.data, limits)
-            except Exception as exc:  # a decoder failure we did not foresee is still bad data
-                doc = f"cannot decode record: {type(exc).__name__}: {exc}"
-            if isinstance(doc, str):
-                if not restoring:
+                doc: Any = loads(data) if len(data) <= max_bytes else None
+            except orjson.JSONDecodeError:
+                doc = None
+            if (
+                doc.__class__ is not dict
+                or data.count(b"{") + data.count(b"[") > max_depth
+                or len(data) > max_bytes
+            ):
+                # The slow path says why, or accepts a deep-looking but shallow document.
+                doc = _decode_or_reason(data, limits)
+                if isinstance(doc, str):
                     dead.append(DeadLetter.of_record(record, doc))
-                elif record.position == self._restore_until:
-                    self._finish_restore()
-                continue
-            if restoring:
-                result.restored += 1
-                replayed = _identity(doc, identity_field, record)
-                if windows is not None:
-                    windows.on_record(doc, record, replayed, None, rejected)
-                    rejected.clear()
-                for state in stateful:
-                    try:
-                        state.on_record(doc, record, replayed, True)
-                    except Exception:  # refused when it was first processed: skip it again
-                        log.debug("rule state refused a replayed record", exc_info=True)
-                if record.position == self._restore_until:
-                    self._finish_restore()
-                continue
-            result.decoded += 1
-            identity: str | None = None
-            for index, (rule, condition, sinks) in enumerate(self._plan):
+                    continue
+            decoded += 1
+            identity = None
+            for index, rule, condition, sinks in plan:
                 try:
                     if not condition(doc):
                         continue
@@ -233,28 +246,57 @@ class ShardProcessor:
                         key_fields=None if key is None or rule.key is None else {rule.key: key},
                     )
                 )
+            if windows is None and not stateful:
+                continue
+            if identity is None:  # _identity, inline
+                value = doc.get(identity_field)
+                if value is None or value.__class__ is dict or value.__class__ is list:
+                    identity = record.identity
+                else:
+                    identity = f"{identity_field}={value}"
+            position: Pos = (int(record.sequence_number), record.sub_sequence_number)
             if windows is not None:
-                if identity is None:
-                    identity = _identity(doc, identity_field, record)
-                windows.on_record(doc, record, identity, alerts, rejected)
-                for rule_name, reason in rejected:
-                    dead.append(DeadLetter.of_record(record, reason, rule_name))
-                rejected.clear()
-            if stateful:
-                if identity is None:
-                    identity = _identity(doc, identity_field, record)
-                for spec, state in zip(self.ruleset.stateful_rules, stateful, strict=True):
-                    try:
-                        refused = state.on_record(doc, record, identity, False)
-                    except Exception as exc:  # bad data must not stop the shard
-                        refused = f"rule {spec.name!r} raised {type(exc).__name__}: {exc}"
-                    if refused is not None:
-                        dead.append(DeadLetter.of_record(record, refused, spec.name))
-        for state in stateful:
+                windows(doc, record, position, identity, alerts, rejected)
+                if rejected:
+                    for rule_name, reason in rejected:
+                        dead.append(DeadLetter.of_record(record, reason, rule_name))
+                    rejected.clear()
+            for name, on_record in stateful:
+                try:
+                    refused = on_record(doc, record, position, identity, False)
+                except Exception as exc:  # bad data must not stop the shard
+                    refused = f"rule {name!r} raised {type(exc).__name__}: {exc}"
+                if refused is not None:
+                    dead.append(DeadLetter.of_record(record, refused, name))
+        result.decoded = decoded
+        for state in self._stateful:
             state.end_batch(alerts, dead)
         if records:
             self.last_position = records[-1].position
         return result
+
+    def _restore(
+        self, record: Record, result: ProcessResult, rejected: list[tuple[str, str]]
+    ) -> None:
+        """A record an earlier run processed: rebuild window and rule state only."""
+        doc = _decode_or_reason(record.data, self.limits)
+        if isinstance(doc, str):
+            if record.position == self._restore_until:
+                self._finish_restore()
+            return
+        result.restored += 1
+        position = record.position
+        replayed = _identity(doc, self.identity_field, record)
+        if self.ruleset.window_rules:
+            self.windows.on_record(doc, record, position, replayed, None, rejected)
+            rejected.clear()
+        for state in self._stateful:
+            try:
+                state.on_record(doc, record, position, replayed, True)
+            except Exception:  # refused when it was first processed: skip it again
+                log.debug("rule state refused a replayed record", exc_info=True)
+        if position == self._restore_until:
+            self._finish_restore()
 
     def flush_windows(self) -> list[Alert]:
         """Close every open window now: alerts for those whose HAVING holds."""
@@ -270,7 +312,7 @@ class ShardProcessor:
             position = state.oldest_position()
             if position is not None and (oldest is None or position < oldest):
                 oldest = position
-        return oldest
+        return None if oldest is None else Position(*oldest)
 
     def snapshot(self, through: Position | None) -> list[StateItem]:
         """Snapshot items of the stateful rules as of the settled position ``through``."""

@@ -11,17 +11,17 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Position:
+class Position(NamedTuple):
     """A point in a shard: Kinesis sequence number plus KPL sub-sequence number.
 
     Sequence numbers are opaque decimal strings of any length (moto uses "1", "2"...; Kinesis uses
-    56 digits). They are compared as integers, never as strings.
+    56 digits). They are compared as integers, never as strings. A named tuple, not a dataclass:
+    one is made per record on the hot path, and a tuple is made three times faster.
     """
 
     sequence_number: int
@@ -34,6 +34,12 @@ class Position:
     @property
     def sequence(self) -> str:
         return str(self.sequence_number)
+
+
+# A position as window and rule state keep it: a plain (sequence number, sub-sequence number)
+# tuple. It compares like a Position (which is one), costs less to make, and, unlike a tuple
+# subclass, the garbage collector stops tracking it: state holds one per event.
+Pos = tuple[int, int]
 
 
 @dataclass(frozen=True, slots=True)

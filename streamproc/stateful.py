@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streamproc.records import Alert, DeadLetter, Position, Record
+from streamproc.records import Alert, DeadLetter, Pos, Position, Record
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +60,12 @@ class ShardState(ABC):
 
     @abstractmethod
     def on_record(
-        self, doc: Mapping[str, Any], record: Record, identity: str, restoring: bool
+        self,
+        doc: Mapping[str, Any],
+        record: Record,
+        position: Pos,
+        identity: str,
+        restoring: bool,
     ) -> str | None:
         """Take one decoded record into account. Returns a reason if the record cannot be used
         by this rule (it is dead-lettered, unless restoring), else None."""
@@ -70,7 +75,7 @@ class ShardState(ABC):
         """Decide the batch: append alerts (and dead letters for records it could not score)."""
 
     @abstractmethod
-    def oldest_position(self) -> Position | None:
+    def oldest_position(self) -> Pos | None:
         """The earliest record the state still depends on (None: none)."""
 
     @abstractmethod

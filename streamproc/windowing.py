@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from streamproc.errors import RecordError
-from streamproc.records import Alert, Position, Record, make_alert_id
+from streamproc.records import Alert, Pos, Record, make_alert_id
 from streamproc.sql_runtime import field_getter
 from streamproc.windows import (
     LateEvent,
@@ -46,6 +46,18 @@ class WindowSet:
             None if r.time_field is None else field_getter(r.time_field) for r in self.rules
         ]
         self._sinks = [r.sinks or default_sinks for r in self.rules]
+        self._plan = [
+            (
+                index,
+                rule,
+                None if rule.time_field is None or "." in rule.time_field else rule.time_field,
+                getter,
+                operator.handle,
+            )
+            for index, (rule, getter, operator) in enumerate(
+                zip(self.rules, self._time_getters, self.operators, strict=True)
+            )
+        ]
         self.late_events = [0] * len(self.rules)
         # Watermarks set by flushes (idle or end-of-shard closes), per rule, and the wall-clock
         # time of the latest close: replaying records cannot reproduce these, so they are
@@ -57,6 +69,7 @@ class WindowSet:
         self,
         doc: Mapping[str, Any],
         record: Record,
+        position: Pos,
         identity: str,
         alerts: list[Alert] | None,
         rejected: list[tuple[str, str]],
@@ -67,26 +80,22 @@ class WindowSet:
         results are dropped then. Rejections (missing fields, bad time, late events) are
         appended to ``rejected`` as (rule name, reason) for the caller to dead-letter.
         """
-        position = record.position
-        for index, operator in enumerate(self.operators):
-            rule = self.rules[index]
-            getter = self._time_getters[index]
+        arrival = record.arrival_ms
+        limit = arrival + self.max_skew_ms if self.max_skew_ms is not None and arrival else None
+        for index, rule, name, getter, on_event in self._plan:
             try:
-                event_ms = record.arrival_ms if getter is None else parse_event_time(getter(doc))
-                if (
-                    self.max_skew_ms is not None
-                    and record.arrival_ms
-                    and event_ms > record.arrival_ms + self.max_skew_ms
-                ):
-                    event_text = format_event_time(event_ms)
-                    arrival_text = format_event_time(record.arrival_ms)
+                if getter is None:
+                    event_ms = arrival
+                else:  # a top-level field is read directly; the getter says why one is missing
+                    value = None if name is None else doc.get(name)
+                    event_ms = parse_event_time(getter(doc) if value is None else value)
+                if limit is not None and event_ms > limit:
                     raise RecordError(
-                        f"event time {event_text} is more than {self.max_skew_ms // 1000} s "
-                        f"ahead of the record's arrival time {arrival_text}"
+                        f"event time {format_event_time(event_ms)} is more than "
+                        f"{self.max_skew_ms // 1000} s ahead of the record's arrival time "  # type: ignore[operator]
+                        f"{format_event_time(arrival)}"
                     )
-                results = operator.on_event(
-                    doc, event_time_ms=event_ms, position=position, identity=identity
-                )
+                results = on_event(doc, event_ms, position, identity)
             except LateEvent as exc:
                 if alerts is not None:  # not while restoring: it was counted the first time
                     self.late_events[index] += 1
@@ -98,7 +107,7 @@ class WindowSet:
             if alerts is not None and results:
                 self.add_alerts(index, results, record.shard_id, position, alerts)
 
-    def flush(self, shard_id: str, last: Position | None) -> list[Alert]:
+    def flush(self, shard_id: str, last: Pos | None) -> list[Alert]:
         """Close every open window now (idle deadline, end of a replay file)."""
         alerts: list[Alert] = []
         for index, operator in enumerate(self.operators):
@@ -124,9 +133,9 @@ class WindowSet:
         """Whether any window (or per-event history) is open: something an idle close emits."""
         return any(op.state_size()[1] for op in self.operators)
 
-    def oldest_position(self) -> Position | None:
+    def oldest_position(self) -> Pos | None:
         """Where a restart must start reading to rebuild this shard's window state."""
-        oldest: Position | None = None
+        oldest: Pos | None = None
         for operator in self.operators:
             held = operator.oldest_position()
             if held is not None and (oldest is None or held < oldest):
@@ -138,7 +147,7 @@ class WindowSet:
         index: int,
         results: list[WindowResult],
         shard_id: str,
-        fallback: Position | None,
+        fallback: Pos | None,
         alerts: list[Alert],
     ) -> None:
         rule = self.rules[index]
@@ -157,7 +166,7 @@ class WindowSet:
                 identity = f"shard={shard_id}|key={key_json}|window={window}"
             if result.correction:
                 identity += f"|correction={result.trigger_identity}"
-            where = result.trigger or fallback or Position(0)
+            where = result.trigger or fallback or (0, 0)
             alerts.append(
                 Alert(
                     alert_id=make_alert_id(rule.name, rule.version, identity),
@@ -168,8 +177,8 @@ class WindowSet:
                     fields=result.values,
                     sinks=sinks,
                     shard_id=shard_id,
-                    sequence_number=where.sequence,
-                    sub_sequence_number=max(where.sub_sequence_number, 0),
+                    sequence_number=str(where[0]),
+                    sub_sequence_number=max(where[1], 0),
                     event_time=format_event_time(result.event_time_ms),
                     key_fields=key_fields or None,
                     window_start=format_event_time(result.window_start_ms),

@@ -114,3 +114,5 @@ class WindowRule:
     description: str = ""
     sql: str = ""
     origin: str = ""
+    # The names HAVING reads (aggregate names, aliases, GROUP BY paths); None: unknown.
+    having_reads: frozenset[str] | None = None

@@ -81,6 +81,7 @@ class _WindowCompiler:
         self.window: ws.WindowKind = ws.Tumble(1)
         self.time_field: str | None = default
         self.over: tuple[tuple[str, ...], str | None, int] | None = None  # the OVER form's spec
+        self.having_reads: frozenset[str] = frozenset()
 
     def fail(self, offset: int | None, message: str, hint: str | None = None) -> NoReturn:
         line = column = None
@@ -208,7 +209,9 @@ class _WindowCompiler:
         compiled_where = None if where is None else self.condition(TokenType.WHERE, [])
         if condition is None:
             return compiled_where, None
-        return compiled_where, self.condition(keyword, self.references(condition.this))
+        references = self.references(condition.this)
+        self.having_reads = frozenset(name for _node, name in references)
+        return compiled_where, self.condition(keyword, references)
 
     def group_form(self, group: exp.Expr) -> None:
         for key, value in group.args.items():
@@ -496,4 +499,5 @@ def compile_window_sql(
         description=description,
         sql=sql,
         origin=origin or "",
+        having_reads=compiler.having_reads if having is not None else None,
     )

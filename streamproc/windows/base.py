@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streamproc.errors import MissingFieldError, RecordError, RuleCompileError
-from streamproc.records import Position
+from streamproc.records import Pos
 from streamproc.sql_runtime import field_getter
 from streamproc.windows.aggregates import TIME, AggregateSet, State
 from streamproc.windows.eventtime import format_event_time
@@ -41,7 +41,7 @@ class WindowResult:
     window_end_ms: int
     values: dict[str, Any]
     event_time_ms: int
-    trigger: Position | None
+    trigger: Pos | None
     trigger_identity: str | None
     correction: bool = False
 
@@ -170,6 +170,7 @@ class Evaluator:
         "_scope_names",
         "_select",
         "aggregates",
+        "having_ignores_key",
         "keys",
         "rule",
     )
@@ -188,6 +189,11 @@ class Evaluator:
         )
         self._finish = aggregates.finish
         self._select = rule.select
+        #: Whether HAVING reads aggregates only (not a GROUP BY field): the same aggregates then
+        #: always give the same verdict, whatever the key.
+        self.having_ignores_key = rule.having is None or (
+            rule.having_reads is not None and not rule.having_reads & set(rule.group_by)
+        )
         known = {*rule.group_by, *(a.alias for a in rule.aggregates)}
         known.update(a.name for a in rule.aggregates)
         if unknown := [column for column in rule.select if column not in known]:
@@ -212,7 +218,7 @@ class Evaluator:
         end: int,
         values: dict[str, Any],
         event_time: int,
-        trigger: Position | None,
+        trigger: Pos | None,
         identity: str | None,
         correction: bool = False,
     ) -> WindowResult:
@@ -237,18 +243,16 @@ class Engine(Protocol):
         key: Hashable,
         doc: Mapping[str, Any],
         event_time: int,
-        position: Position,
+        position: Pos,
         identity: str,
         seq: int,
-        rs: Position,
+        rs: Pos,
         watermark: int | None,
         late: bool,
         out: list[WindowResult],
     ) -> None: ...
 
-    def close_until(
-        self, watermark: int, trigger: Position | None, out: list[WindowResult]
-    ) -> None: ...
+    def close_until(self, watermark: int, trigger: Pos | None, out: list[WindowResult]) -> None: ...
 
     def release_watermark(self) -> int | None:
         """The watermark at which all state held now is released (None: nothing held)."""
@@ -256,6 +260,6 @@ class Engine(Protocol):
 
     def drop_all(self) -> None: ...
 
-    def oldest_rs(self) -> Position | None: ...
+    def oldest_rs(self) -> Pos | None: ...
 
     def state_size(self) -> tuple[int, int]: ...

@@ -26,9 +26,34 @@ _MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _JSON_NAMES = {bool: "a boolean", list: "a list", dict: "an object", type(None): "null"}
 
 
+# The common form ``YYYY-MM-DDTHH:MM:SS.mmmZ`` takes two dict lookups: the prefix up to the
+# dot, whose whole seconds were cached when a full parse accepted it, and the "mmmZ" tail (keys
+# are exactly the 1,000 valid tails). About twice as fast as fromisoformat plus the timedelta
+# arithmetic. Bounded: the prefix cache is cleared when it fills up.
+_SECONDS: dict[str, int] = {}
+_SECONDS_LIMIT = 4096
+_TAILS = {f"{ms:03d}Z": ms for ms in range(1000)}
+
+
 def parse_event_time(value: Any) -> int:
     """Milliseconds since the epoch (UTC) of an event-time field value; RecordError if bad."""
     kind = type(value)
+    if kind is str and len(value) == 24:
+        tail = _TAILS.get(value[20:])
+        if tail is not None:
+            base = _SECONDS.get(value[:20])
+            if base is not None:
+                return base + tail
+            millis = _parse(value, kind)
+            if value[19] == ".":  # the full parse accepted "<prefix>.<tail>"
+                if len(_SECONDS) >= _SECONDS_LIMIT:
+                    _SECONDS.clear()
+                _SECONDS[value[:20]] = millis - tail
+            return millis
+    return _parse(value, kind)
+
+
+def _parse(value: Any, kind: type) -> int:
     if kind is str:
         try:
             parsed = datetime.fromisoformat(value)

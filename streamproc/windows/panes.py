@@ -22,7 +22,7 @@ from collections.abc import Hashable, Mapping
 from operator import itemgetter
 from typing import Any
 
-from streamproc.records import Position
+from streamproc.records import Pos
 from streamproc.windows.aggregates import TIME, State
 from streamproc.windows.base import Evaluator, WindowResult
 
@@ -36,7 +36,7 @@ _Hot = tuple[str, tuple[Any, ...], dict[str, Any], int]
 class _Pane:
     __slots__ = ("keys", "rs")
 
-    def __init__(self, rs: Position) -> None:
+    def __init__(self, rs: Pos) -> None:
         self.keys: dict[Hashable, State] = {}
         self.rs = rs  # record-setter when the pane was created: replay from here rebuilds it
 
@@ -74,10 +74,10 @@ class PaneEngine:
         key: Hashable,
         doc: Mapping[str, Any],
         event_time: int,
-        position: Position,
+        position: Pos,
         identity: str,
         seq: int,
-        rs: Position,
+        rs: Pos,
         watermark: int | None,
         late: bool,
         out: list[WindowResult],
@@ -102,7 +102,7 @@ class PaneEngine:
         key: Hashable,
         pane_start: int,
         event_time: int,
-        position: Position,
+        position: Pos,
         identity: str,
         watermark: int | None,
         late: bool,
@@ -153,9 +153,7 @@ class PaneEngine:
 
     # -- time --------------------------------------------------------------------------------
 
-    def close_until(
-        self, watermark: int, trigger: Position | None, out: list[WindowResult]
-    ) -> None:
+    def close_until(self, watermark: int, trigger: Pos | None, out: list[WindowResult]) -> None:
         """Process every boundary up to ``watermark``: final results, then free panes."""
         slide, size = self._slide, self._size
         limit = watermark - watermark % slide + slide  # the first boundary after the watermark
@@ -181,7 +179,7 @@ class PaneEngine:
         self._next_end = end
         self._free(watermark)
 
-    def _close_boundary(self, end: int, trigger: Position | None, out: list[WindowResult]) -> None:
+    def _close_boundary(self, end: int, trigger: Pos | None, out: list[WindowResult]) -> None:
         slide, size = self._slide, self._size
         start = end - size
         self._fired.pop(start, None)
@@ -252,7 +250,7 @@ class PaneEngine:
         self._hot.clear()
         self._stale.clear()
 
-    def oldest_rs(self) -> Position | None:
+    def oldest_rs(self) -> Pos | None:
         return min((pane.rs for pane in self._panes.values()), default=None)
 
     def state_size(self) -> tuple[int, int]:

@@ -20,7 +20,7 @@ from collections.abc import Hashable, Mapping
 from operator import attrgetter, itemgetter
 from typing import Any
 
-from streamproc.records import Position
+from streamproc.records import Pos
 from streamproc.windows.aggregates import TIME, State
 from streamproc.windows.base import Evaluator, WindowResult
 
@@ -33,7 +33,7 @@ _SORT_KEY = itemgetter(0)
 class _Session:
     __slots__ = ("closed", "dead", "due", "emitted", "key", "rs", "start", "state")
 
-    def __init__(self, key: Hashable, start: int, state: State, rs: Position) -> None:
+    def __init__(self, key: Hashable, start: int, state: State, rs: Pos) -> None:
         self.key = key
         self.start = start
         self.state = state  # state[TIME] is the last event time
@@ -63,10 +63,10 @@ class SessionEngine:
         key: Hashable,
         doc: Mapping[str, Any],
         event_time: int,
-        position: Position,
+        position: Pos,
         identity: str,
         seq: int,
-        rs: Position,
+        rs: Pos,
         watermark: int | None,
         late: bool,
         out: list[WindowResult],
@@ -113,7 +113,7 @@ class SessionEngine:
         session: _Session,
         end: int,
         event_time: int,
-        position: Position,
+        position: Pos,
         identity: str,
         correction: bool,
         out: list[WindowResult],
@@ -133,9 +133,7 @@ class SessionEngine:
             session.due = due
             heapq.heappush(self._heap, (due, next(self._order), session))
 
-    def close_until(
-        self, watermark: int, trigger: Position | None, out: list[WindowResult]
-    ) -> None:
+    def close_until(self, watermark: int, trigger: Pos | None, out: list[WindowResult]) -> None:
         heap = self._heap
         if not heap or heap[0][0] > watermark:
             return
@@ -165,7 +163,7 @@ class SessionEngine:
         self,
         session: _Session,
         end: int,
-        trigger: Position | None,
+        trigger: Pos | None,
         closing: list[tuple[tuple[int, str, int], WindowResult]],
     ) -> None:
         output = self._keys.output(session.key)
@@ -203,7 +201,7 @@ class SessionEngine:
         self._by_key.clear()
         self._heap.clear()
 
-    def oldest_rs(self) -> Position | None:
+    def oldest_rs(self) -> Pos | None:
         return min((s.rs for ss in self._by_key.values() for s in ss), default=None)
 
     def state_size(self) -> tuple[int, int]:

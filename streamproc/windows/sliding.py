@@ -24,12 +24,12 @@ from collections.abc import Hashable, Mapping
 from operator import itemgetter
 from typing import Any
 
-from streamproc.records import Position
+from streamproc.records import Pos
 from streamproc.windows.base import Evaluator, WindowResult
 
 __all__ = ["SlidingEngine"]
 
-_Item = tuple[int, int, Position, tuple[Any, ...]]  # time, arrival sequence, record-setter, values
+_Item = tuple[int, int, Pos, tuple[Any, ...]]  # time, arrival sequence, record-setter, values
 _TIME = itemgetter(0)
 
 
@@ -40,7 +40,7 @@ class _KeyState:
         self.by_time: list[_Item] = []
         self.by_arrival: deque[_Item] | None = None  # only after an out-of-order event
         self.previous = False  # HAVING held after the key's previous event
-        self.basis: Position | None = None  # where a replay rebuilds ``previous`` and the items
+        self.basis: Pos | None = None  # where a replay rebuilds ``previous`` and the items
         self.dead = False
         self.due: int | None = None
 
@@ -52,68 +52,90 @@ class SlidingEngine:
         self._ev = evaluator
         self._aggs = evaluator.aggregates
         self._keys = evaluator.keys
-        self._range = range_ms
+        self.range_ms = range_ms
         self._retention = retention
-        self._reach = range_ms + retention  # an item is needed until watermark - reach passes it
-        self._by_key: dict[Hashable, _KeyState] = {}
-        self._heap: list[tuple[int, int, Hashable, _KeyState]] = []
+        self.reach = range_ms + retention  # an item is needed until watermark - reach passes it
+        self.by_key: dict[Hashable, _KeyState] = {}
+        self.heap: list[tuple[int, int, Hashable, _KeyState]] = []
         self._order = itertools.count()
+        # HAVING's verdict per window count, when only the count decides it (see add).
+        self.holds_by_count: dict[int, bool] | None = (
+            {} if self._aggs.count_star_only and evaluator.having_ignores_key else None
+        )
 
     def add(
         self,
         key: Hashable,
         doc: Mapping[str, Any],
         event_time: int,
-        position: Position,
+        position: Pos,
         identity: str,
         seq: int,
-        rs: Position,
+        rs: Pos,
         watermark: int | None,
         late: bool,
         out: list[WindowResult],
     ) -> None:
-        state = self._by_key.get(key)
+        state = self.by_key.get(key)
         if state is None:
-            state = self._by_key[key] = _KeyState()
+            state = self.by_key[key] = _KeyState()
         elif watermark is not None:
-            self._prune(state, watermark - self._reach)
-            if not state.by_time:
+            horizon = watermark - self.reach
+            items = state.by_time
+            if items and items[0][0] <= horizon:
+                self._prune(state, horizon)
+            if not items:
                 state.previous = False  # nothing within reach: the key starts afresh
-        item = (event_time, seq, rs, self._aggs.extract(doc))
+        aggs = self._aggs
+        count_only = aggs.count_star_only
+        item = (event_time, seq, rs, () if count_only else aggs.extract(doc))
         by_time = state.by_time
         by_arrival = state.by_arrival
         if not by_time or by_time[-1][0] <= event_time:
             by_time.append(item)
             if by_arrival is not None:
                 by_arrival.append(item)
+            high = len(by_time)  # in order: every item is at or before this event
         else:
             if by_arrival is None:
                 by_arrival = state.by_arrival = deque(by_time)  # arrival order so far
             by_arrival.append(item)
             insort(by_time, item)
+            high = bisect_right(by_time, event_time, key=_TIME)
         state.basis = (by_time if by_arrival is None else by_arrival)[0][2]
-        self._schedule(key, state, by_time[-1][0] + self._reach)
-
-        low = bisect_right(by_time, event_time - self._range, key=_TIME)
-        high = bisect_right(by_time, event_time, key=_TIME)
-        aggs = self._aggs
-        window = aggs.new_state(event_time)
-        if aggs.count_star_only:
-            for slot in range(1, len(window)):
-                window[slot] = high - low
+        due = by_time[-1][0] + self.reach
+        if state.due is None or due < state.due:
+            state.due = due
+            heapq.heappush(self.heap, (due, next(self._order), key, state))
+        low = bisect_right(by_time, event_time - self.range_ms, key=_TIME)
+        window: list[Any] | None = None
+        if count_only:
+            # HAVING over counts alone is decided by the count: cached per count when it does
+            # not read the key either (the usual "HAVING COUNT(*) > 5").
+            holds = None if self.holds_by_count is None else self.holds_by_count.get(high - low)
+            if holds is None:
+                window = self._count_window(event_time, high - low)
+                holds = self._ev.values(self._keys.output(key), window) is not None
+                if self.holds_by_count is not None:
+                    self.holds_by_count[high - low] = holds
         else:
+            window = aggs.new_state(event_time)
             for item_time, item_seq, _, values in by_time[low:high]:
                 aggs.add_values(window, values, item_time, item_seq)
-        output = self._keys.output(key)
-        values_now = self._ev.values(output, window)
-        holds = values_now is not None
+            holds = self._ev.values(self._keys.output(key), window) is not None
+        values_now = None
         if holds and not state.previous:
+            if window is None:
+                window = self._count_window(event_time, high - low)
+            output = self._keys.output(key)
+            values_now = self._ev.values(output, window)
+        if holds and not state.previous and values_now is not None:
             out.append(
                 self._ev.result(
                     output,
-                    event_time - self._range + 1,
+                    event_time - self.range_ms + 1,
                     event_time + 1,
-                    values_now,  # type: ignore[arg-type]  # holds: not None
+                    values_now,
                     event_time,
                     position,
                     identity,
@@ -121,6 +143,56 @@ class SlidingEngine:
                 )
             )
         state.previous = holds
+
+    def start_key(self, key: Hashable, item: _Item) -> _KeyState:
+        """The state of a new key holding its first (in-order) item: :meth:`add` for an event
+        of an unknown key, as the operator's fast path uses it."""
+        state = self.by_key[key] = _KeyState()
+        state.by_time.append(item)
+        state.basis = item[2]
+        state.due = due = item[0] + self.reach
+        heapq.heappush(self.heap, (due, next(self._order), key, state))
+        return state
+
+    def count_holds(self, key: Hashable, event_time: int, count: int) -> bool:
+        """HAVING's verdict for a window of ``count`` events (count-only rules), cached."""
+        output = self._keys.output(key)
+        holds = self._ev.values(output, self._count_window(event_time, count)) is not None
+        if self.holds_by_count is not None:
+            self.holds_by_count[count] = holds
+        return holds
+
+    def fire_count(
+        self,
+        key: Hashable,
+        event_time: int,
+        count: int,
+        position: Pos,
+        identity: str,
+        late: bool,
+        out: list[WindowResult],
+    ) -> None:
+        output = self._keys.output(key)
+        values_now = self._ev.values(output, self._count_window(event_time, count))
+        if values_now is not None:
+            out.append(
+                self._ev.result(
+                    output,
+                    event_time - self.range_ms + 1,
+                    event_time + 1,
+                    values_now,
+                    event_time,
+                    position,
+                    identity,
+                    late,
+                )
+            )
+
+    def _count_window(self, event_time: int, count: int) -> list[Any]:
+        window = self._aggs.new_state(event_time)
+        for slot in range(1, len(window)):
+            window[slot] = count
+        return window
 
     @staticmethod
     def _prune(state: _KeyState, horizon: int) -> None:
@@ -134,37 +206,35 @@ class SlidingEngine:
     def _schedule(self, key: Hashable, state: _KeyState, due: int) -> None:
         if state.due is None or due < state.due:
             state.due = due
-            heapq.heappush(self._heap, (due, next(self._order), key, state))
+            heapq.heappush(self.heap, (due, next(self._order), key, state))
 
-    def close_until(
-        self, watermark: int, trigger: Position | None, out: list[WindowResult]
-    ) -> None:
+    def close_until(self, watermark: int, trigger: Pos | None, out: list[WindowResult]) -> None:
         """Forget keys whose every item is beyond reach (sliding results fire on events only)."""
-        heap = self._heap
+        heap = self.heap
         while heap and heap[0][0] <= watermark:
             due, _, key, state = heapq.heappop(heap)
             if state.dead or due != state.due:
                 continue
             state.due = None
-            latest = state.by_time[-1][0] + self._reach
+            latest = state.by_time[-1][0] + self.reach
             if latest > watermark:
                 self._schedule(key, state, latest)
             else:
                 state.dead = True
-                del self._by_key[key]
+                del self.by_key[key]
 
     def release_watermark(self) -> int | None:
-        latest = [state.by_time[-1][0] for state in self._by_key.values()]
-        return max(latest) + self._reach if latest else None
+        latest = [state.by_time[-1][0] for state in self.by_key.values()]
+        return max(latest) + self.reach if latest else None
 
     def drop_all(self) -> None:
-        for state in self._by_key.values():
+        for state in self.by_key.values():
             state.dead = True
-        self._by_key.clear()
-        self._heap.clear()
+        self.by_key.clear()
+        self.heap.clear()
 
-    def oldest_rs(self) -> Position | None:
-        return min((s.basis for s in self._by_key.values() if s.basis is not None), default=None)
+    def oldest_rs(self) -> Pos | None:
+        return min((s.basis for s in self.by_key.values() if s.basis is not None), default=None)
 
     def state_size(self) -> tuple[int, int]:
-        return len(self._by_key), sum(len(s.by_time) for s in self._by_key.values())
+        return len(self.by_key), sum(len(s.by_time) for s in self.by_key.values())
