@@ -83,12 +83,24 @@ def build_worker(config_path: str | None) -> ShardWorker:
         if processor.has_windows and checkpoint is not None:
             stored = _load_with_retries(store, stream, shard_id)
             restore = stored.restore if stored is not None else None
-            if (
-                restore is not None
-                and restore.replay_from is not None
-                and restore.replay_from <= checkpoint
+            start: Position | None = None
+            from_start = False
+            if restore is None or (
+                restore.replay_from is not None and restore.replay_from > checkpoint
             ):
+                # No restore point for the daemon's checkpoint (its owner died between the
+                # daemon's first checkpoint and storing one): the whole shard is the only
+                # exact source of the window state.
+                log.warning(
+                    "shard %s: no stored restore point for the checkpoint %s; rebuilding window "
+                    "state from the start of the shard",
+                    shard_id,
+                    checkpoint,
+                )
+                from_start = True
+            elif restore.replay_from is not None:
                 start = restore.replay_from
+            if from_start or start is not None:
                 replay = KinesisShardReader(
                     parts.client(
                         "kinesis",
@@ -96,16 +108,18 @@ def build_worker(config_path: str | None) -> ShardWorker:
                     ),
                     stream=stream,
                     shard_id=shard_id,
-                    resume_after=Position(start.sequence_number, start.sub_sequence_number - 1),
+                    resume_after=None
+                    if start is None
+                    else Position(start.sequence_number, start.sub_sequence_number - 1),
                     # The daemon does not read this shard while we rebuild: use the whole
                     # GetRecords budget (5 calls/s of up to 10,000 records).
                     settings=PollSettings(max_records_per_call=10_000, min_call_interval=0.2),
                 )
-                closed_through = restore.closed_through
+                closed_through = restore.closed_through if restore is not None else {}
                 log.info(
                     "shard %s: rebuilding window state from %s to %s",
                     shard_id,
-                    start,
+                    start or "the start of the shard",
                     checkpoint,
                 )
         reader = KclShardReader(

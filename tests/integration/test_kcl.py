@@ -162,17 +162,19 @@ def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
         return {"w1", "w2"} <= held
 
     took = wait_for("each worker to hold a shard", both_hold_shards, FIRST_RECORDS_S, workers)
-    wait_for(
-        "both workers to process records",
-        lambda: {"w1", "w2"} <= set(kcl_env.processed()),
-        60,
-        workers,
-    )
     held_before = owners(kcl_env)
     figures(f"\nleases after {took:.1f} s: {held_before}")
 
+    # The first worker up may take every lease and read all of the first part before a lease
+    # moves, so the second worker is only sure to see records once the second part flows.
     producer = threading.Thread(target=kcl_env.put, args=(records[1000:],), kwargs={"batch": 50})
     producer.start()
+    wait_for(
+        "both workers to process records",
+        lambda: {"w1", "w2"} <= set(kcl_env.processed()),
+        120,
+        workers,
+    )
     wait_for(
         "records of the second part to be processed",
         lambda: sum(map(len, kcl_env.processed().values())) >= 1500,
@@ -185,6 +187,15 @@ def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
     survivor = next(w for w in workers if w is not victim)
     victim_shards = {s for s, o in owners(kcl_env).items() if o == victim.worker_id}
     assert victim_shards, "the victim holds no shard: nothing to take over"
+
+    def victim_checkpointed() -> bool:  # else the survivor simply starts at the beginning
+        leases = kcl_env.leases()
+        return all(
+            leases[shard].get("checkpoint") not in (None, "TRIM_HORIZON", "LATEST")
+            for shard in victim_shards
+        )
+
+    wait_for("the victim to checkpoint its shards", victim_checkpointed, 60, workers)
     killed_at = time.time()
     victim.kill()
     producer.join()
