@@ -186,11 +186,13 @@ class ShardProcessor:
         windows = self.windows.on_record if self.ruleset.window_rules else None
         stateful = self._stateful_plan
         rejected: list[tuple[str, str]] = []
-        decoded = 0
+        undecodable = 0
+        per_record_state = windows is not None or bool(stateful)
         for record in records:
             if self._restore_until is not None:
                 if record.position <= self._restore_until:
-                    self._restore(record, result, rejected)
+                    if not self._restore(record, result, rejected):
+                        undecodable += 1
                     continue
                 self._finish_restore()  # complete (its last record may have been trimmed)
             data = record.data
@@ -198,17 +200,14 @@ class ShardProcessor:
                 doc: Any = loads(data) if len(data) <= max_bytes else None
             except orjson.JSONDecodeError:
                 doc = None
-            if (
-                doc.__class__ is not dict
-                or data.count(b"{") + data.count(b"[") > max_depth
-                or len(data) > max_bytes
-            ):
+            # (doc is None if the record is over max_bytes: loads never saw it)
+            if doc.__class__ is not dict or data.count(b"{") + data.count(b"[") > max_depth:
                 # The slow path says why, or accepts a deep-looking but shallow document.
                 doc = _decode_or_reason(data, limits)
                 if isinstance(doc, str):
                     dead.append(DeadLetter.of_record(record, doc))
+                    undecodable += 1
                     continue
-            decoded += 1
             identity = None
             for index, rule, condition, sinks in plan:
                 try:
@@ -246,7 +245,7 @@ class ShardProcessor:
                         key_fields=None if key is None or rule.key is None else {rule.key: key},
                     )
                 )
-            if windows is None and not stateful:
+            if not per_record_state:
                 continue
             if identity is None:  # _identity, inline
                 value = doc.get(identity_field)
@@ -268,7 +267,7 @@ class ShardProcessor:
                     refused = f"rule {name!r} raised {type(exc).__name__}: {exc}"
                 if refused is not None:
                     dead.append(DeadLetter.of_record(record, refused, name))
-        result.decoded = decoded
+        result.decoded = len(records) - result.restored - undecodable
         for state in self._stateful:
             state.end_batch(alerts, dead)
         if records:
@@ -277,13 +276,14 @@ class ShardProcessor:
 
     def _restore(
         self, record: Record, result: ProcessResult, rejected: list[tuple[str, str]]
-    ) -> None:
-        """A record an earlier run processed: rebuild window and rule state only."""
+    ) -> bool:
+        """A record an earlier run processed: rebuild window and rule state only. False if it
+        cannot be decoded (it was dead-lettered the first time)."""
         doc = _decode_or_reason(record.data, self.limits)
         if isinstance(doc, str):
             if record.position == self._restore_until:
                 self._finish_restore()
-            return
+            return False
         result.restored += 1
         position = record.position
         replayed = _identity(doc, self.identity_field, record)
@@ -297,6 +297,7 @@ class ShardProcessor:
                 log.debug("rule state refused a replayed record", exc_info=True)
         if position == self._restore_until:
             self._finish_restore()
+        return True
 
     def flush_windows(self) -> list[Alert]:
         """Close every open window now: alerts for those whose HAVING holds."""

@@ -179,19 +179,21 @@ class WindowOperator:
                 count = 1
             else:
                 items = state.by_time
-                if (
-                    state.due is None
-                    or state.by_arrival is not None
-                    or not items
-                    or items[0][0] <= watermark - reach  # needs pruning
-                ):
+                if state.due is None or state.by_arrival is not None or not items:
+                    return general(doc, event_time_ms, position, identity)
+                oldest = items[0][0]
+                if oldest <= watermark - reach:  # needs pruning
                     return general(doc, event_time_ms, position, identity)
                 # From here on exactly what the general path does for such an event.
                 self._seq = seq = self._seq + 1
                 self._max_time = event_time_ms
                 self._record_setter = position
                 items.append((event_time_ms, seq, position, ()))
-                count = len(items) - bisect_right(items, event_time_ms - range_ms, key=_TIME)
+                since = event_time_ms - range_ms  # the window is (since, event time]
+                if oldest > since:  # every item is in it
+                    count = len(items)
+                else:
+                    count = len(items) - bisect_right(items, since, key=_TIME)
             holds = holds_by_count.get(count)
             if holds is None:
                 holds = engine.count_holds(key, event_time_ms, count)

@@ -674,3 +674,53 @@ def test_results_do_not_depend_on_hash_randomisation() -> None:
         outputs.add(done.stdout)
     assert len(outputs) == 1
     assert json.dumps(len(next(iter(outputs)))) != "0"
+
+
+def test_count_only_sliding_fast_path_counts_exactly_the_range() -> None:
+    """The fast path of count-only sliding rules (operator.handle) at the range's edges: the
+    window of an event at t is (t - range, t], so an event exactly range ms earlier is out of
+    it. Same results as the general path (on_event) for the same events."""
+    from streamproc.windowsql import compile_window_sql
+
+    rule = compile_window_sql(
+        "SELECT card, COUNT(*) AS n FROM tx GROUP BY card, SLIDING(t, INTERVAL '10' MILLISECOND)"
+        " HAVING COUNT(*) >= 2",
+        name="pairs",
+        version=1,
+        emit="early",
+    )
+    events = [("a", 0), ("a", 10), ("a", 11), ("a", 30), ("a", 39), ("a", 40), ("b", 40)]
+    fast, general = WindowOperator(rule), WindowOperator(rule)
+    assert fast.handle != fast.on_event  # the rule takes the fast path
+    got, expected = [], []
+    for index, (card, time) in enumerate(events):
+        doc = {"card": card, "t": time}
+        got += fast.handle(doc, time, Position(index + 1), f"e{index}")
+        expected += general.on_event(doc, time, Position(index + 1), f"e{index}")
+    assert [(r.values, r.trigger_identity) for r in got] == [
+        ({"card": "a", "n": 2}, "e2"),  # 11: (1, 11] holds 10 and 11; at 10, (0, 10] held only 10
+        ({"card": "a", "n": 2}, "e4"),  # 39: (29, 39] holds 30 and 39
+    ]
+    assert got == expected
+    assert fast.oldest_position() == general.oldest_position()
+    assert fast.state_size() == general.state_size()
+
+
+def test_count_only_sliding_fast_path_drops_exactly_the_events_out_of_range() -> None:
+    """HAVING COUNT(*) = 2 fires whenever the count becomes 2 again, so the count after every
+    event shows: at 11 the window (1, 11] keeps the event at 2 (count 2, still true: no alert);
+    at 12 the window (2, 12] drops it (count 2 again with 11 and 12: still true, no alert)."""
+    from streamproc.windowsql import compile_window_sql
+
+    rule = compile_window_sql(
+        "SELECT card, COUNT(*) AS n FROM tx GROUP BY card, SLIDING(t, INTERVAL '10' MILLISECOND)"
+        " HAVING COUNT(*) = 2",
+        name="exactly_two",
+        version=1,
+    )
+    operator = WindowOperator(rule)
+    fired = []
+    for index, time in enumerate([0, 2, 11, 12, 30, 31]):
+        for result in operator.handle({"card": "d", "t": time}, time, Position(index + 1), ""):
+            fired.append(result.event_time_ms)
+    assert fired == [2, 31]
