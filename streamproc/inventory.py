@@ -43,7 +43,6 @@ one shard.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from bisect import bisect_right
@@ -213,10 +212,9 @@ class _InventoryState(ShardState):
         if armed and delta < 0 and quantity <= threshold:
             armed = False
             if not restoring:
-                alert = self._alert(record, identity, store, product, quantity, rate, threshold)
-                if isinstance(when, str):
-                    alert = dataclasses.replace(alert, event_time=when)
-                self._alerts.append(alert)
+                self._alerts.append(
+                    self._alert(record, identity, store, product, quantity, rate, threshold, when)
+                )
         elif not armed and quantity > threshold + rule.hysteresis:
             armed = True
         self._stock[key] = stock = (quantity, armed, rate, rate_ms)
@@ -254,6 +252,7 @@ class _InventoryState(ShardState):
         quantity: float,
         daily: float,
         threshold: float,
+        when: Any,
     ) -> Alert:
         rule = self.rule
         suggested = max(0, math.ceil(daily * rule.lead_time_days + threshold - quantity))
@@ -277,6 +276,7 @@ class _InventoryState(ShardState):
             sequence_number=record.sequence_number,
             sub_sequence_number=record.sub_sequence_number,
             key_fields={rule.store_field: store, rule.product_field: product},
+            event_time=when if isinstance(when, str) else None,
             event_source=SOURCE,
             detail_type=DETAIL_TYPE,
             flat_fields=True,

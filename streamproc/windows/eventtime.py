@@ -35,14 +35,26 @@ _SECONDS_LIMIT = 4096
 _TAILS = {f"{ms:03d}Z": ms for ms in range(1000)}
 
 
+# The last string parsed and its value: the window and inventory rules of a record read the
+# same string object from the same document, so all but the first parse of it are a lookup.
+# One tuple, replaced whole, so threads never see a text with another text's value; holding
+# the text keeps its identity from being reused.
+_LAST: tuple[object, int] = (None, 0)
+
+
 def parse_event_time(value: Any) -> int:
     """Milliseconds since the epoch (UTC) of an event-time field value; RecordError if bad."""
+    global _LAST
+    last = _LAST
+    if last[0] is value:
+        return last[1]
     kind = type(value)
     if kind is str and len(value) == 24:
         tail = _TAILS.get(value[20:])
         if tail is not None:
             base = _SECONDS.get(value[:20])
             if base is not None:
+                _LAST = (value, base + tail)
                 return base + tail
             millis = _parse(value, kind)
             if value[19] == ".":  # the full parse accepted "<prefix>.<tail>"
@@ -81,8 +93,24 @@ def _parse(value: Any, kind: type) -> int:
     return millis
 
 
+_PREFIXES: dict[int, str] = {}  # whole seconds -> "YYYY-MM-DDTHH:MM:SS." (bounded, like _SECONDS)
+
+
 def format_event_time(millis: int) -> str:
     """ISO-8601 UTC with millisecond precision and a ``Z``; plain text if out of range."""
+    seconds, fraction = divmod(millis, 1000)
+    prefix = _PREFIXES.get(seconds)
+    if prefix is not None:
+        return f"{prefix}{fraction:03d}Z"
+    text = _format(millis)
+    if text.endswith("Z") and len(text) == 24:
+        if len(_PREFIXES) >= _SECONDS_LIMIT:
+            _PREFIXES.clear()
+        _PREFIXES[seconds] = text[:20]
+    return text
+
+
+def _format(millis: int) -> str:
     try:
         text = (_EPOCH + millis * _MS).isoformat(timespec="milliseconds")
     except OverflowError:
