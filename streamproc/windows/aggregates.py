@@ -48,7 +48,13 @@ def _null(doc: Mapping[str, Any]) -> None:
 
 
 def _reader(path: str) -> Reader:
-    get = field_getter(path)
+    get = field_getter(path)  # validates the path
+    if "." not in path:  # records are objects: a missing top-level field is simply absent
+
+        def read_top(doc: Mapping[str, Any]) -> Any:
+            return doc.get(path)
+
+        return read_top
 
     def read(doc: Mapping[str, Any]) -> Any:
         try:

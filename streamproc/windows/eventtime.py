@@ -39,7 +39,7 @@ _TAILS = {f"{ms:03d}Z": ms for ms in range(1000)}
 # same string object from the same document, so all but the first parse of it are a lookup.
 # One tuple, replaced whole, so threads never see a text with another text's value; holding
 # the text keeps its identity from being reused.
-_LAST: tuple[object, int] = (None, 0)
+_LAST: tuple[object, int] = (object(), 0)
 
 
 def parse_event_time(value: Any) -> int:

@@ -94,6 +94,18 @@ class PaneEngine:
                 insort(self._starts, start)
             state = mine[start] = pane.keys[key] = self._new_state(event_time)
         self._add(state, doc, event_time, seq)
+        if self._early and not late:
+            # Every window of an on-time event is open; if the key fired in all of them,
+            # nothing can fire now: skip the evaluation (most events of an early rule).
+            fired = self._fired
+            window = start - self._size + self._slide
+            while window <= start:
+                keys = fired.get(window)
+                if keys is None or key not in keys:
+                    break
+                window += self._slide
+            else:
+                return
         if self._early or late:
             self._event_results(key, start, event_time, position, identity, watermark, late, out)
 

@@ -104,7 +104,8 @@ class SessionEngine:
             self._emit_now(session, end, event_time, position, identity, True, out)
             return
         session.closed = False
-        self._schedule(session, end)
+        if session.due is None or end < session.due:  # _schedule, inline: rarely needed
+            self._schedule(session, end)
         if self._early and not session.emitted:
             self._emit_now(session, end, event_time, position, identity, False, out)
 

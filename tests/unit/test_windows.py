@@ -131,6 +131,23 @@ def test_parse_event_time_rejects_bad_values_with_a_reason(value: Any, reason: s
     assert reason in raised.value.reason
 
 
+def test_parse_event_time_caches_give_the_full_parse_for_every_string() -> None:
+    """The fast paths (last string, cached seconds, cached format prefixes) against the full
+    parse, over strings that share seconds, repeat, alternate and cross the epoch."""
+    from streamproc.windows import eventtime
+
+    times = [0, -1, -999, 999, 1_000, 1_714_564_800_250, 1_714_564_800_251, 1_714_564_801_000]
+    for millis in times * 3 + times[::-1]:
+        text = format_event_time(millis)
+        assert text == eventtime._format(millis)
+        assert parse_event_time(text) == millis
+        assert parse_event_time(text) == millis  # the same string again
+        assert parse_event_time(str(text)) == eventtime._parse(text, str)
+    parse_event_time("2024-05-01T12:00:00.250Z")
+    with pytest.raises(RecordError):
+        parse_event_time(None)  # never the remembered value of another input
+
+
 def test_format_event_time() -> None:
     assert format_event_time(1_714_564_800_250) == "2024-05-01T12:00:00.250Z"
     assert format_event_time(-1) == "1969-12-31T23:59:59.999Z"
