@@ -304,8 +304,11 @@ class ShardWorker:
             self._note("records", records)
         else:
             self.empty_calls += 1
-        reader.push(RecordBatch(self.shard_id, records, process_records_input.millis_behind_latest))
-        self._pump(runtime, source, reader)
+        behind = process_records_input.millis_behind_latest
+        reader.push(RecordBatch(self.shard_id, records, behind))
+        # Behind the shard's tip the daemon has the next batch ready: hand this call back at
+        # once rather than wait for deliveries here (they go on in the next call).
+        self._pump(runtime, source, reader, 0.0 if behind else self._linger_s)
 
     def shard_ended(self, shard_ended_input: Any) -> None:
         """Deliver every alert of the shard, then checkpoint its end. This waits as long as the
@@ -383,7 +386,9 @@ class ShardWorker:
             return None, None, None
         return self.runtime, self.source, self.reader
 
-    def _pump(self, runtime: Runtime, source: KclSource, reader: KclShardReader) -> None:
+    def _pump(
+        self, runtime: Runtime, source: KclSource, reader: KclShardReader, linger_s: float
+    ) -> None:
         """Run the loop until the runtime took the pushed batch and is not held back, then a
         little longer (``linger_s``) while deliveries make progress."""
         while reader.queued or runtime.backpressured():
@@ -391,7 +396,7 @@ class ShardWorker:
                 return
             if not runtime.run_once():
                 time.sleep(self._idle_sleep_s)
-        until = time.monotonic() + self._linger_s
+        until = time.monotonic() + linger_s
         while runtime.pending_deliveries and time.monotonic() < until and not source.lost:
             if not runtime.run_once():
                 time.sleep(self._idle_sleep_s)

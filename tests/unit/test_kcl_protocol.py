@@ -113,7 +113,9 @@ def process(*records: dict[str, Any]) -> dict[str, Any]:
 
 
 class Harness:
-    def __init__(self, *, sink_accepting: bool = True, max_inflight: int = 1) -> None:
+    def __init__(
+        self, *, sink_accepting: bool = True, max_inflight: int = 1, linger_s: float = 0.0
+    ) -> None:
         self.sink = MemorySink(name="memory", accepting=sink_accepting)
         self.dead_letter = MemoryDeadLetter()
         self.sources: list[KclSource] = []
@@ -139,7 +141,7 @@ class Harness:
             self.sources.append(source)
             return runtime, source, reader
 
-        self.worker = ShardWorker(build, linger_s=0.0, drain_timeout_s=0.5, report_every_s=0.2)
+        self.worker = ShardWorker(build, linger_s=linger_s, drain_timeout_s=0.5, report_every_s=0.2)
         self.daemon = FakeDaemon(self.worker)
         self.daemon.send(
             {
@@ -189,6 +191,24 @@ def test_nothing_is_checkpointed_past_an_unacknowledged_alert(harness: Any) -> N
     assert not blocked.is_alive()
     h.daemon.send(process(record(4, 1.0)))
     assert h.daemon.checkpoints[-1] == ("4", 0)
+
+
+@pytest.mark.timeout(30)
+def test_a_shard_behind_its_tip_does_not_wait_for_deliveries(harness: Any) -> None:
+    """With the daemon behind the shard's tip (millisBehindLatest > 0) the next batch is ready:
+    processRecords returns without lingering for the sink (here: never, the linger is 60 s and
+    the sink holds its acknowledgements), and the delivery goes on in the next call."""
+    h = harness(sink_accepting=False, max_inflight=1000, linger_s=60.0)
+    behind = process(record(1, 900.0))
+    behind["millisBehindLatest"] = 5_000
+    h.daemon.send(behind)  # returns: the test would time out if it lingered
+    assert h.daemon.checkpoints == []  # the alert is not acknowledged yet
+    h.sink.accepting = True
+    caught_up = process(record(2, 1.0))
+    caught_up["millisBehindLatest"] = 5_000
+    h.daemon.send(caught_up)
+    assert len(h.sink.delivered) == 1
+    assert h.daemon.checkpoints[-1] == ("2", 0)
 
 
 def test_a_throttled_checkpoint_is_retried_on_a_later_call(harness: Any) -> None:
