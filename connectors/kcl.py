@@ -83,24 +83,19 @@ def build_worker(config_path: str | None) -> ShardWorker:
         if processor.has_windows and checkpoint is not None:
             stored = _load_with_retries(store, stream, shard_id)
             restore = stored.restore if stored is not None else None
-            start: Position | None = None
-            from_start = False
-            if restore is None or (
-                restore.replay_from is not None and restore.replay_from > checkpoint
-            ):
-                # No restore point for the daemon's checkpoint (its owner died between the
-                # daemon's first checkpoint and storing one): the whole shard is the only
-                # exact source of the window state.
+            start = restore.replay_from if restore is not None else None
+            if restore is None:
+                # The checkpoint has no restore point: its owner died between the daemon's
+                # checkpoint and storing one, or no window state was ever stored for the shard
+                # (a first window rule, a new checkpoint table). Replaying the whole shard
+                # could take hours: windows start empty instead.
                 log.warning(
-                    "shard %s: no stored restore point for the checkpoint %s; rebuilding window "
-                    "state from the start of the shard",
+                    "shard %s: no stored restore point for the daemon's checkpoint %s; window "
+                    "state starts empty (window alerts of the next minutes may differ)",
                     shard_id,
                     checkpoint,
                 )
-                from_start = True
-            elif restore.replay_from is not None:
-                start = restore.replay_from
-            if from_start or start is not None:
+            if start is not None and start <= checkpoint:
                 replay = KinesisShardReader(
                     parts.client(
                         "kinesis",
@@ -108,9 +103,7 @@ def build_worker(config_path: str | None) -> ShardWorker:
                     ),
                     stream=stream,
                     shard_id=shard_id,
-                    resume_after=None
-                    if start is None
-                    else Position(start.sequence_number, start.sub_sequence_number - 1),
+                    resume_after=Position(start.sequence_number, start.sub_sequence_number - 1),
                     # The daemon does not read this shard while we rebuild: use the whole
                     # GetRecords budget (5 calls/s of up to 10,000 records).
                     settings=PollSettings(max_records_per_call=10_000, min_call_interval=0.2),
@@ -119,7 +112,7 @@ def build_worker(config_path: str | None) -> ShardWorker:
                 log.info(
                     "shard %s: rebuilding window state from %s to %s",
                     shard_id,
-                    start or "the start of the shard",
+                    start,
                     checkpoint,
                 )
         reader = KclShardReader(

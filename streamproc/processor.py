@@ -198,7 +198,7 @@ class ShardProcessor:
             data = record.data
             try:
                 doc: Any = loads(data) if len(data) <= max_bytes else None
-            except orjson.JSONDecodeError:
+            except Exception:  # the slow path below says why
                 doc = None
             # (doc is None if the record is over max_bytes: loads never saw it)
             if doc.__class__ is not dict or data.count(b"{") + data.count(b"[") > max_depth:

@@ -145,7 +145,7 @@ class WindowSet:
     def add_alerts(
         self,
         index: int,
-        results: list[WindowResult],
+        results: Sequence[WindowResult],
         shard_id: str,
         fallback: Pos | None,
         alerts: list[Alert],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -18,7 +18,7 @@ from streamproc.windowspec import Hop, Session, Sliding, Tumble, WindowRule
 
 __all__ = ["Handler", "WindowOperator"]
 
-Handler = Callable[[Mapping[str, Any], int, Pos, str], list[WindowResult]]
+Handler = Callable[[Mapping[str, Any], int, Pos, str], Sequence[WindowResult]]
 _TIME = itemgetter(0)
 
 
@@ -75,8 +75,8 @@ class WindowOperator:
         self._max_time: int | None = None
         self._record_setter: Pos | None = None  # latest event whose time was a new maximum
         self._seq = 0
-        # A sliding window of COUNT(*)s decided by the count alone: in-order events of a known
-        # key take _sliding_count_fast, everything else on_event's general path.
+        # A sliding window of COUNT(*)s decided by the count alone: in-order events take
+        # _sliding_count_handler's closure, everything else on_event's general path.
         #: ``handle(doc, event_time_ms, position, identity)``: :meth:`on_event`, or its fast
         #: path where the rule has one.
         self.handle: Handler = self.on_event
@@ -153,11 +153,11 @@ class WindowOperator:
         read_key = self._key
         group_by = self.rule.group_by
         key_name = group_by[0] if len(group_by) == 1 and "." not in group_by[0] else None
-        none: list[WindowResult] = []  # returned when nothing fired: never appended to
+        none: tuple[WindowResult, ...] = ()  # returned when nothing fired
 
         def handle(
             doc: Mapping[str, Any], event_time_ms: int, position: Pos, identity: str
-        ) -> list[WindowResult]:
+        ) -> Sequence[WindowResult]:
             watermark = self._watermark
             max_time = self._max_time
             if (
@@ -197,7 +197,7 @@ class WindowOperator:
             holds = holds_by_count.get(count)
             if holds is None:
                 holds = engine.count_holds(key, event_time_ms, count)
-            out = none
+            out: list[WindowResult] | None = None
             if holds and not state.previous:
                 out = []
                 engine.fire_count(key, event_time_ms, count, position, identity, False, out)
@@ -206,10 +206,10 @@ class WindowOperator:
             if moved > watermark:
                 self._watermark = moved
                 if heap and heap[0][0] <= moved:
-                    if out is none:
+                    if out is None:
                         out = []
                     engine.close_until(moved, position, out)
-            return out
+            return none if out is None else out
 
         return handle
 
