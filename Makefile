@@ -48,6 +48,7 @@ format: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --strict --explicit-package-bases benchmarks
 
 check: lint typecheck test
 

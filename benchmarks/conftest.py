@@ -1,25 +1,59 @@
-"""Shared benchmark data: seeded demo transactions, encoded once per session."""
+"""Shared benchmark data and the summary table.
+
+The data set (``benchmarks/dataset.py``) is generated once and cached under ``.cache/bench``;
+``STREAMPROC_BENCH_RECORDS=100000`` runs everything on a smaller one.
+"""
 
 from __future__ import annotations
 
+import gc
+from typing import Any
+
 import pytest
 
-from streamproc.demo import DemoSpec, encode, transactions
+from benchmarks import dataset
+from benchmarks.summary import ROWS, table
 from streamproc.records import Record
 
-RECORDS = 100_000
-BATCH = 1_000
+BATCH = 1_000  # records per processor call, like one GetRecords/processRecords batch
+
+_SHAPE: dict[str, float] = {}
 
 
 @pytest.fixture(scope="session")
 def records() -> list[Record]:
-    out = []
-    for n, tx in enumerate(transactions(DemoSpec(seed=1), RECORDS)):
-        data, key = encode(tx)
-        out.append(Record(data, key, str(n + 1), 0, 1_767_225_600_000, "shardId-000000000000"))
-    return out
+    items = dataset.records(dataset.record_count())
+    _SHAPE.update(dataset.describe(items))
+    # The data set lives as long as the session: keep it out of every garbage collection
+    # (it is the benchmark's memory, not the code's under test).
+    gc.collect()
+    gc.freeze()
+    return items
 
 
 @pytest.fixture(scope="session")
 def batches(records: list[Record]) -> list[list[Record]]:
-    return [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
+    return list(dataset.batches(records, BATCH))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """End to end last: its emulator leaves a large heap behind, which would make the garbage
+    collections of every in-memory benchmark after it slower."""
+    items.sort(key=lambda item: "test_end_to_end" in item.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not ROWS:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("streamproc benchmark summary")
+    if _SHAPE:
+        write(
+            "data set: {records:,.0f} records, {cards:,.0f} cards, {stores:,.0f} stores, "
+            "{products:,.0f} products, {over_2000_pct:.2f}% over 2000, {out_of_state_pct:.2f}% "
+            "out of state, {records_per_event_second:,.0f} records per event-time second".format(
+                **_SHAPE
+            )
+        )
+    for line in table().splitlines():
+        write(line)

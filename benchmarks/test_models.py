@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.summary import report
 from streamproc.demo import DemoSpec, transactions
 from streamproc.features import FeatureState
 from streamproc.models import Model, load_model
@@ -55,6 +56,11 @@ def test_model_scoring(
     assert benchmark(run) == ROWS
     mean = benchmark.stats.stats.mean
     benchmark.extra_info["batch_size"] = batch_size
-    benchmark.extra_info["us_per_record"] = round(mean / ROWS * 1e6, 3)
     benchmark.extra_info["us_per_batch"] = round(mean / len(batches) * 1e6, 2)
-    benchmark.extra_info["records_per_s"] = round(ROWS / mean)
+    report(
+        benchmark,
+        f"model scoring, batch {batch_size:,}",
+        ROWS,
+        note="LightGBM, 1 thread",
+        compare=False,
+    )
