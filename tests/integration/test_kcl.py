@@ -185,25 +185,30 @@ def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
     leader = next(w for w in workers if is_leader(w))
     victim = leader if role == "leader" else next(w for w in workers if w is not leader)
     survivor = next(w for w in workers if w is not victim)
-    victim_shards = {s for s, o in owners(kcl_env).items() if o == victim.worker_id}
-    assert victim_shards, "the victim holds no shard: nothing to take over"
+    victim_shards: set[str] = set()
 
-    def victim_checkpointed() -> bool:
-        """The daemon checkpointed each victim shard and the restore point is stored. (Killed
-        before, the survivor starts at the beginning, or with empty windows if killed between
-        the two writes: a limit the README states.)"""
+    def victim_ready() -> bool:
+        """The victim holds shards, and for each the daemon's checkpoint and our restore point
+        are stored. (Killed before, the survivor starts at the beginning, or with empty windows
+        if killed between the two writes: a limit the README states.) Leases can still move
+        while we wait, so the victim's shards are taken at the last check, just before the kill."""
         leases = kcl_env.leases()
+        held = {
+            shard for shard, lease in leases.items() if lease.get("leaseOwner") == victim.worker_id
+        }
         stored = kcl_env.client("dynamodb").scan(TableName=kcl_env.config.source.checkpoint_table)
         restorable = {
             item["shard_id"]["S"] for item in stored["Items"] if "replay_sequence_number" in item
         }
-        return all(
+        victim_shards.clear()
+        victim_shards.update(held)
+        return bool(held) and all(
             leases[shard].get("checkpoint") not in (None, "TRIM_HORIZON", "LATEST")
             and shard in restorable
-            for shard in victim_shards
+            for shard in held
         )
 
-    wait_for("the victim to store its shards' restore points", victim_checkpointed, 60, workers)
+    wait_for("the victim to hold shards with restore points", victim_ready, 60, workers)
     killed_at = time.time()
     victim.kill()
     producer.join()
