@@ -67,8 +67,10 @@ class ShardState(ABC):
         identity: str,
         restoring: bool,
     ) -> str | None:
-        """Take one decoded record into account. Returns a reason if the record cannot be used
-        by this rule (it is dead-lettered, unless restoring), else None."""
+        """Take one decoded record into account. ``position`` is the record's, as a plain
+        (sequence number, sub-sequence number) tuple: keep that, not a Position, in state.
+        Returns a reason if the record cannot be used by this rule (it is dead-lettered,
+        unless restoring), else None."""
 
     @abstractmethod
     def end_batch(self, alerts: list[Alert], dead: list[DeadLetter]) -> None:
