@@ -62,13 +62,12 @@ from benchmarks.summary import report
 from connectors.kcl_worker import KclShardReader, KclSource, ShardWorker
 from streamproc.app import Parts, build_parts
 from streamproc.config import Config, DeadLetterConfig, KclConfig, RulesConfig
-from streamproc.interfaces import Checkpoint, RestorePoint
 from streamproc.metrics import Metrics
 from streamproc.processor import DecodeLimits, ShardProcessor
 from streamproc.records import Position, Record
 from streamproc.runtime import Runtime
 from streamproc.stateful import StateItem
-from tests.unit.memory import MemorySink
+from tests.unit.memory import MemoryCheckpointStore, MemorySink
 
 # A round over a million records takes about a minute: more than the suite's default.
 pytestmark = pytest.mark.timeout(1800)
@@ -220,27 +219,6 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 # ------------------------------------------------------------------------- the child's side
-
-
-@dataclass
-class MemoryCheckpointStore:
-    """Restore points, where a real child writes them to ``source.checkpoint_table``."""
-
-    saved: dict[str, tuple[Position | None, RestorePoint | None]] = field(default_factory=dict)
-
-    def load(self, stream: str, shard_id: str) -> Checkpoint | None:
-        return None
-
-    def save(
-        self,
-        stream: str,
-        shard_id: str,
-        position: Position | None,
-        *,
-        shard_ended: bool = False,
-        restore: RestorePoint | None = None,
-    ) -> None:
-        self.saved[shard_id] = (position, restore)
 
 
 @dataclass

@@ -87,8 +87,7 @@ class SlidingEngine:
             if not items:
                 state.previous = False  # nothing within reach: the key starts afresh
         aggs = self._aggs
-        count_only = aggs.count_star_only
-        item = (event_time, seq, rs, () if count_only else aggs.extract(doc))
+        item = (event_time, seq, rs, () if aggs.count_star_only else aggs.extract(doc))
         by_time = state.by_time
         by_arrival = state.by_arrival
         if not by_time or by_time[-1][0] <= event_time:
@@ -107,41 +106,23 @@ class SlidingEngine:
         if state.due is None or due < state.due:
             state.due = due
             heapq.heappush(self.heap, (due, next(self._order), key, state))
-        low = bisect_right(by_time, event_time - self.range_ms, key=_TIME)
-        window: list[Any] | None = None
-        if count_only:
+        count = high - bisect_right(by_time, event_time - self.range_ms, key=_TIME)
+        if aggs.count_star_only:
             # HAVING over counts alone is decided by the count: cached per count when it does
             # not read the key either (the usual "HAVING COUNT(*) > 5").
-            holds = None if self.holds_by_count is None else self.holds_by_count.get(high - low)
-            if holds is None:
-                window = self._count_window(event_time, high - low)
-                holds = self._ev.values(self._keys.output(key), window) is not None
-                if self.holds_by_count is not None:
-                    self.holds_by_count[high - low] = holds
+            cached = None if self.holds_by_count is None else self.holds_by_count.get(count)
+            holds = self.count_holds(key, event_time, count) if cached is None else cached
+            if holds and not state.previous:
+                self.fire_count(key, event_time, count, position, identity, late, out)
         else:
             window = aggs.new_state(event_time)
-            for item_time, item_seq, _, values in by_time[low:high]:
+            for item_time, item_seq, _, values in by_time[high - count : high]:
                 aggs.add_values(window, values, item_time, item_seq)
-            holds = self._ev.values(self._keys.output(key), window) is not None
-        values_now = None
-        if holds and not state.previous:
-            if window is None:
-                window = self._count_window(event_time, high - low)
             output = self._keys.output(key)
             values_now = self._ev.values(output, window)
-        if holds and not state.previous and values_now is not None:
-            out.append(
-                self._ev.result(
-                    output,
-                    event_time - self.range_ms + 1,
-                    event_time + 1,
-                    values_now,
-                    event_time,
-                    position,
-                    identity,
-                    late,
-                )
-            )
+            holds = values_now is not None
+            if values_now is not None and not state.previous:
+                out.append(self._result(output, event_time, values_now, position, identity, late))
         state.previous = holds
 
     def start_key(self, key: Hashable, item: _Item) -> _KeyState:
@@ -175,18 +156,28 @@ class SlidingEngine:
         output = self._keys.output(key)
         values_now = self._ev.values(output, self._count_window(event_time, count))
         if values_now is not None:
-            out.append(
-                self._ev.result(
-                    output,
-                    event_time - self.range_ms + 1,
-                    event_time + 1,
-                    values_now,
-                    event_time,
-                    position,
-                    identity,
-                    late,
-                )
-            )
+            out.append(self._result(output, event_time, values_now, position, identity, late))
+
+    def _result(
+        self,
+        output: tuple[Any, ...],
+        event_time: int,
+        values: dict[str, Any],
+        position: Pos,
+        identity: str,
+        late: bool,
+    ) -> WindowResult:
+        """The result of the event at ``event_time``: its window ``(t - range, t]``."""
+        return self._ev.result(
+            output,
+            event_time - self.range_ms + 1,
+            event_time + 1,
+            values,
+            event_time,
+            position,
+            identity,
+            late,
+        )
 
     def _count_window(self, event_time: int, count: int) -> list[Any]:
         window = self._aggs.new_state(event_time)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from streamproc.errors import TransportError
-from streamproc.interfaces import Delivery, Outcome, RestorePoint
+from streamproc.interfaces import Checkpoint, Delivery, Outcome, RestorePoint
 from streamproc.records import DeadLetter, Position, Record, RecordBatch
 
 
@@ -116,3 +116,25 @@ class MemoryDeadLetter:
 
     def close(self) -> None:
         pass
+
+
+class MemoryCheckpointStore:
+    """A CheckpointStore in memory: ``saves`` lists every (position, restore point) saved, in
+    order; ``load`` finds nothing (a shard's first owner)."""
+
+    def __init__(self) -> None:
+        self.saves: list[tuple[Position | None, RestorePoint | None]] = []
+
+    def load(self, stream: str, shard_id: str) -> Checkpoint | None:
+        return None
+
+    def save(
+        self,
+        stream: str,
+        shard_id: str,
+        position: Position | None,
+        *,
+        shard_ended: bool = False,
+        restore: RestorePoint | None = None,
+    ) -> None:
+        self.saves.append((position, restore))

@@ -30,7 +30,7 @@ from streamproc.processor import ShardProcessor
 from streamproc.records import Position, Record, RecordBatch
 from streamproc.ruleset import RuleSet, rule
 from streamproc.runtime import Runtime, RuntimeSettings
-from tests.unit.memory import MemoryDeadLetter, MemorySink
+from tests.unit.memory import MemoryCheckpointStore, MemoryDeadLetter, MemorySink
 
 BIG = rule(name="big", version=1, condition="amount > 100", key="card_id", severity="HIGH")
 SHARD = "shardId-000000000007"
@@ -279,27 +279,6 @@ def test_lease_lost_drops_pending_work_without_checkpointing(harness: Any) -> No
     assert h.daemon.checkpoints == [] and h.sources[0].lost and h.worker.done
 
 
-class MemoryStore:
-    """A CheckpointStore in memory (never moves backwards, like the DynamoDB one)."""
-
-    def __init__(self) -> None:
-        self.saves: list[tuple[Position | None, RestorePoint | None]] = []
-
-    def load(self, stream: str, shard_id: str) -> Any:
-        return None
-
-    def save(
-        self,
-        stream: str,
-        shard_id: str,
-        position: Position | None,
-        *,
-        shard_ended: bool = False,
-        restore: RestorePoint | None = None,
-    ) -> None:
-        self.saves.append((position, restore))
-
-
 class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []
@@ -313,7 +292,7 @@ def test_positions_up_to_the_daemons_own_checkpoint_are_not_checkpointed_again()
     settles them, but asking the daemon to checkpoint there again (or lower) is refused. A
     window close there (idle close on a quiet shard) is still stored, at the daemon's position,
     so the next owner does not reopen those windows."""
-    store = MemoryStore()
+    store = MemoryCheckpointStore()
     source = KclSource("stream", store, floor=Position.of("50"))
     source.checkpointer = Recorder()
     source.checkpoint(SHARD, Position.of("40"))
