@@ -167,7 +167,9 @@ def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
 
     # The first worker up may take every lease and read all of the first part before a lease
     # moves, so the second worker is only sure to see records once the second part flows.
-    producer = threading.Thread(target=kcl_env.put, args=(records[1000:],), kwargs={"batch": 50})
+    producer = threading.Thread(
+        target=kcl_env.put, args=(records[1000:2000],), kwargs={"batch": 50}
+    )
     producer.start()
     wait_for(
         "both workers to process records",
@@ -209,6 +211,12 @@ def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
         )
 
     wait_for("the victim to hold shards with restore points", victim_ready, 60, workers)
+    producer.join()
+    # The last part flows while the victim dies, so the survivor has records of the victim's
+    # shards left to read (with the stream drained, the lease table alone could say "done"
+    # before the survivor even started on them).
+    producer = threading.Thread(target=kcl_env.put, args=(records[2000:],), kwargs={"batch": 50})
+    producer.start()
     killed_at = time.time()
     victim.kill()
     producer.join()
@@ -223,25 +231,33 @@ def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
         120,
         [survivor],
     )
-    trace = kcl_env.trace()
-    resumed = [
-        line
-        for line in trace
-        if line["worker"] == survivor.worker_id
-        and line["shard"] in victim_shards
-        and line["event"] == "initialize"
-        and line["t"] > killed_at
-    ]
-    assert {line["shard"] for line in resumed} == victim_shards
-    takeover_s = max(line["t"] for line in resumed) - killed_at
-    restored = [
-        line
-        for line in trace
-        if line["event"] == "restored"
-        and line["worker"] == survivor.worker_id
-        and line["t"] > killed_at
-    ]
-    assert restored and all(line["count"] > 0 for line in restored)  # window state rebuilt
+
+    def survivor_lines(event: str) -> dict[str, dict[str, Any]]:
+        """The survivor's first ``event`` line per shard of the victim since the kill."""
+        found: dict[str, dict[str, Any]] = {}
+        for line in kcl_env.trace():
+            if (
+                line["worker"] == survivor.worker_id
+                and line["shard"] in victim_shards
+                and line["event"] == event
+                and line["t"] > killed_at
+            ):
+                found.setdefault(line["shard"], line)
+        return found
+
+    # The lease table names the new owner before the survivor's child for the shard starts, and
+    # the child notes "restored" once it has rebuilt the shard's windows.
+    wait_for(
+        "the survivor to restore every shard of the victim",
+        lambda: set(survivor_lines("restored")) == victim_shards,
+        60,
+        [survivor],
+    )
+    resumed = survivor_lines("initialize")
+    assert set(resumed) == victim_shards
+    takeover_s = max(line["t"] for line in resumed.values()) - killed_at
+    restored = list(survivor_lines("restored").values())
+    assert all(line["count"] > 0 for line in restored)  # window state rebuilt
 
     processed = kcl_env.processed()
     by_victim = set(processed[victim.worker_id])
