@@ -2,7 +2,9 @@
 
 One item per (stream, shard): hash key ``stream``, range key ``shard_id``; attributes
 ``sequence_number`` (decimal string), ``sub_sequence_number`` (number), ``shard_ended`` (bool),
-``updated_at`` (ISO 8601, UTC) and ``position_key``.
+``updated_at`` (ISO 8601, UTC) and ``position_key``. With window rules, also the restore point
+(``replay_*``, ``closed_through``, ``closes``) and, under the KCL daemon, the restore point of
+the checkpoint being written to the lease table (the same names prefixed ``pending_``).
 
 Sequence numbers are decimal strings of any length ("9" < "10" as numbers, not as strings), and
 DynamoDB cannot compare a string attribute as a number inside a condition. So every save also
@@ -106,21 +108,73 @@ class DynamoDbCheckpointStore:
             sub_sequence = int(item.get("sub_sequence_number", {"N": "0"})["N"])
             position = Position.of(item["sequence_number"]["S"], sub_sequence)
         ended = bool(item.get("shard_ended", {"BOOL": False})["BOOL"])
-        restore = None
-        if "closes" in item or "replay_sequence_number" in item:
-            replay_from = None
-            if "replay_sequence_number" in item:
-                replay_from = Position.of(
-                    item["replay_sequence_number"]["S"],
-                    int(item.get("replay_sub_sequence_number", {"N": "0"})["N"]),
-                )
-            closed = orjson.loads(item.get("closed_through", {"S": "{}"})["S"])
-            restore = RestorePoint(
-                replay_from=replay_from,
-                closed_through={str(k): int(v) for k, v in closed.items()},
-                closes=int(item.get("closes", {"N": "0"})["N"]),
+        pending_position = None
+        if "pending_sequence_number" in item:
+            pending_position = Position.of(
+                item["pending_sequence_number"]["S"],
+                int(item.get("pending_sub_sequence_number", {"N": "0"})["N"]),
             )
-        return Checkpoint(shard_id=shard_id, position=position, shard_ended=ended, restore=restore)
+        return Checkpoint(
+            shard_id=shard_id,
+            position=position,
+            shard_ended=ended,
+            restore=_restore(item, ""),
+            pending_position=pending_position,
+            pending_restore=_restore(item, "pending_") if pending_position is not None else None,
+        )
+
+    def save_pending(
+        self, stream: str, shard_id: str, position: Position, restore: RestorePoint
+    ) -> None:
+        """One conditional write of the ``pending_*`` attributes (the stored checkpoint and its
+        confirmed restore point stay as they are). Refused, silently, for an ended shard or a
+        pending position further on (a stale writer)."""
+        values: dict[str, Any] = {
+            ":false": {"BOOL": False},
+            ":seq": {"S": position.sequence},
+            ":sub": {"N": str(position.sub_sequence_number)},
+            ":key": {"S": position_key(position)},
+            ":closed": {"S": orjson.dumps(dict(restore.closed_through)).decode()},
+            ":closes": {"N": str(restore.closes)},
+        }
+        update = (
+            "SET pending_sequence_number = :seq, pending_sub_sequence_number = :sub,"
+            " pending_position_key = :key, pending_closed_through = :closed,"
+            " pending_closes = :closes"
+        )
+        if restore.replay_from is not None:
+            update += (
+                ", pending_replay_sequence_number = :rseq,"
+                " pending_replay_sub_sequence_number = :rsub"
+            )
+            values[":rseq"] = {"S": restore.replay_from.sequence}
+            values[":rsub"] = {"N": str(restore.replay_from.sub_sequence_number)}
+        else:
+            update += " REMOVE pending_replay_sequence_number, pending_replay_sub_sequence_number"
+        condition = (
+            f"{_NOT_ENDED} AND (attribute_not_exists(pending_position_key)"
+            " OR pending_position_key <= :key)"
+        )
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_key(stream, shard_id),
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                logger.debug(
+                    "pending restore point %s/%s at %s not stored: ended, or a later one is",
+                    stream,
+                    shard_id,
+                    position,
+                )
+                return
+            raise self._transport_error("UpdateItem", stream, shard_id, exc) from exc
+        except BotoCoreError as exc:
+            raise self._transport_error("UpdateItem", stream, shard_id, exc) from exc
 
     def save(
         self,
@@ -230,6 +284,24 @@ class DynamoDbCheckpointStore:
             f"DynamoDB {operation} failed ({where}): {code}: {message}",
             retryable=_is_retryable(exc),
         )
+
+
+def _restore(item: dict[str, Any], prefix: str) -> RestorePoint | None:
+    """The restore point stored in ``item`` under ``prefix`` ("" or "pending_"), if any."""
+    if f"{prefix}closes" not in item and f"{prefix}replay_sequence_number" not in item:
+        return None
+    replay_from = None
+    if f"{prefix}replay_sequence_number" in item:
+        replay_from = Position.of(
+            item[f"{prefix}replay_sequence_number"]["S"],
+            int(item.get(f"{prefix}replay_sub_sequence_number", {"N": "0"})["N"]),
+        )
+    closed = orjson.loads(item.get(f"{prefix}closed_through", {"S": "{}"})["S"])
+    return RestorePoint(
+        replay_from=replay_from,
+        closed_through={str(k): int(v) for k, v in closed.items()},
+        closes=int(item.get(f"{prefix}closes", {"N": "0"})["N"]),
+    )
 
 
 def ensure_table(client: Any, table: str, *, wait_seconds: float = 120.0) -> None:

@@ -82,13 +82,12 @@ def build_worker(config_path: str | None) -> ShardWorker:
         closed_through: Mapping[str, int] = {}
         if processor.has_windows and checkpoint is not None:
             stored = _load_with_retries(store, stream, shard_id)
-            restore = stored.restore if stored is not None else None
+            restore = stored.restore_for(checkpoint) if stored is not None else None
             start = restore.replay_from if restore is not None else None
             if restore is None:
-                # The checkpoint has no restore point: its owner died between the daemon's
-                # checkpoint and storing one, or no window state was ever stored for the shard
-                # (a first window rule, a new checkpoint table). Replaying the whole shard
-                # could take hours: windows start empty instead.
+                # No window state was ever stored for the shard's checkpoint (a first window
+                # rule, a new checkpoint table). Replaying the whole shard could take hours:
+                # windows start empty instead.
                 log.warning(
                     "shard %s: no stored restore point for the daemon's checkpoint %s; window "
                     "state starts empty (window alerts of the next minutes may differ)",

@@ -138,10 +138,13 @@ class KclSource:
     """A :class:`~streamproc.interfaces.Source` over the one shard the daemon gave this child.
 
     ``checkpointer`` is the daemon's, valid only while a daemon call is being handled (the
-    runtime is driven only from inside those calls). Restore points go to ``store`` after the
-    daemon accepted the checkpoint: a stored restore point is then never ahead of the daemon's
-    checkpoint. An older one (a crash between the two writes) replays more records, which is
-    safe, but misses the idle window closes since: those windows are closed again.
+    runtime is driven only from inside those calls). A checkpoint with window state takes three
+    writes: the restore point to ``store`` as *pending* for the position, the daemon's
+    checkpoint, then the restore point as confirmed. Whichever write a crash interrupts, the
+    next owner finds a restore point for the daemon's checkpoint
+    (:meth:`~streamproc.interfaces.Checkpoint.restore_for`): the confirmed one, the pending one
+    (a crash after the daemon's write), or an older confirmed one (a crash before it: the
+    daemon's checkpoint did not move either).
     """
 
     def __init__(
@@ -193,6 +196,10 @@ class KclSource:
             raise TransportError("no daemon call in progress to checkpoint through", retryable=True)
         from amazon_kclpy.checkpoint_error import CheckpointError
 
+        if self.store is not None and restore is not None and position is not None:
+            # First, so that a crash right after the daemon's write still leaves the next owner
+            # a restore point for it.
+            self.store.save_pending(self.stream, shard_id, position, restore)
         try:
             if shard_ended:
                 checkpointer.checkpoint()  # at the shard's end: SHARD_END

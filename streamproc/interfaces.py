@@ -162,12 +162,37 @@ class RestorePoint:
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """A stored checkpoint: the last position fully processed, or the shard's end, and (for
-    shards with window rules) the :class:`RestorePoint` to rebuild window state from."""
+    shards with window rules) the :class:`RestorePoint` to rebuild window state from.
+
+    ``pending_position``/``pending_restore``: a restore point saved *before* a checkpoint
+    written elsewhere (the KCL daemon's lease table), for when the writer dies between that
+    checkpoint and saving its restore point here (see :meth:`restore_for`)."""
 
     shard_id: str
     position: Position | None
     shard_ended: bool = False
     restore: RestorePoint | None = None
+    pending_position: Position | None = None
+    pending_restore: RestorePoint | None = None
+
+    def restore_for(self, checkpoint: Position) -> RestorePoint | None:
+        """The restore point that rebuilds window state at ``checkpoint`` (the daemon's):
+
+        - the confirmed one saved at exactly that position;
+        - else the pending one saved for exactly that position (its writer died after the
+          daemon accepted the checkpoint, before confirming here);
+        - else an older confirmed one (a pending one for another position was never accepted):
+          its replay starts earlier than needed, which rebuilds the same windows, but idle
+          closes since it was saved are not recorded and happen again;
+        - else None (nothing stored before or at ``checkpoint``).
+        """
+        if self.restore is not None and self.position == checkpoint:
+            return self.restore
+        if self.pending_restore is not None and self.pending_position == checkpoint:
+            return self.pending_restore
+        if self.restore is not None and self.position is not None and self.position < checkpoint:
+            return self.restore
+        return None
 
 
 class CheckpointStore(Protocol):
@@ -188,6 +213,14 @@ class CheckpointStore(Protocol):
         shard_ended: bool = False,
         restore: RestorePoint | None = None,
     ) -> None: ...
+
+    def save_pending(
+        self, stream: str, shard_id: str, position: Position, restore: RestorePoint
+    ) -> None:
+        """Store ``restore`` as the restore point of a checkpoint at ``position`` that is about
+        to be written elsewhere; the stored checkpoint itself does not move. Never moves a
+        pending position backwards."""
+        ...
 
 
 class StateStore(Protocol):

@@ -191,9 +191,9 @@ def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
 
     def victim_ready() -> bool:
         """The victim holds shards, and for each the daemon's checkpoint and our restore point
-        are stored. (Killed before, the survivor starts at the beginning, or with empty windows
-        if killed between the two writes: a limit the README states.) Leases can still move
-        while we wait, so the victim's shards are taken at the last check, just before the kill."""
+        are stored (killed before its first checkpoint, the survivor would read from the start:
+        there would be no window state to move). Leases can still move while we wait, so the
+        victim's shards are taken at the last check, just before the kill."""
         leases = kcl_env.leases()
         held = {
             shard for shard, lease in leases.items() if lease.get("leaseOwner") == victim.worker_id

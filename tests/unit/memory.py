@@ -120,10 +120,11 @@ class MemoryDeadLetter:
 
 class MemoryCheckpointStore:
     """A CheckpointStore in memory: ``saves`` lists every (position, restore point) saved, in
-    order; ``load`` finds nothing (a shard's first owner)."""
+    order, ``pending`` every pending one; ``load`` finds nothing (a shard's first owner)."""
 
     def __init__(self) -> None:
         self.saves: list[tuple[Position | None, RestorePoint | None]] = []
+        self.pending: list[tuple[Position, RestorePoint]] = []
 
     def load(self, stream: str, shard_id: str) -> Checkpoint | None:
         return None
@@ -138,3 +139,8 @@ class MemoryCheckpointStore:
         restore: RestorePoint | None = None,
     ) -> None:
         self.saves.append((position, restore))
+
+    def save_pending(
+        self, stream: str, shard_id: str, position: Position, restore: RestorePoint
+    ) -> None:
+        self.pending.append((position, restore))
