@@ -264,6 +264,7 @@ class ShardWorker:
         self.shard_id = "-"
         self.done = False
         self.empty_calls = 0  # processRecords without records (quiet shard): idle closes run
+        self._idle = False
 
     # ---------------------------------------------------------------- daemon calls
 
@@ -309,8 +310,12 @@ class ShardWorker:
         ]
         if records:
             self._note("records", records)
+            self._idle = False
         else:
             self.empty_calls += 1
+            if not self._idle:  # the first empty call since records: the shard went quiet
+                self._note("idle")
+                self._idle = True
         behind = process_records_input.millis_behind_latest
         reader.push(RecordBatch(self.shard_id, records, behind))
         # Behind the shard's tip the daemon has the next batch ready: hand this call back at

@@ -317,6 +317,16 @@ def test_sigterm_checkpoints_every_shard_and_exits_0_within_the_grace_period(
         workers,
     )
     assert not checkpoints_reached(kcl_env)  # only each shard's first batch is checkpointed
+
+    def all_quiet() -> bool:
+        """Every shard had an empty processRecords call after its last records."""
+        last: dict[str, str] = {}
+        for line in kcl_env.trace():
+            if line["event"] in ("records", "idle"):
+                last[line["shard"]] = line["event"]
+        return len(last) == 4 and set(last.values()) == {"idle"}
+
+    wait_for("every shard to go quiet", all_quiet, 30, workers)
     before = {shard: lease["checkpoint"] for shard, lease in kcl_env.leases().items()}
 
     started = time.monotonic()
