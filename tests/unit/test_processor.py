@@ -98,6 +98,28 @@ def test_bad_records_become_dead_letters_and_good_ones_around_them_flow() -> Non
         assert letter.data == batch[int(letter.sequence_number) - 1].data
 
 
+@pytest.mark.parametrize(
+    ("raw", "refused"),
+    [
+        (b'{"tx_id":"a","merchant":"{[{[ not nested ]}]}"}', False),  # brackets in a string
+        (b' {"tx_id":"b","nested":{"x":{"y":1}}}', True),  # leading space, depth 3
+        (b'{"tx_id":"c","nested":[[1]]}', True),  # depth 3 through lists only
+        (b'{"tx_id":"d","nested":[1]}', False),  # depth 2: at the limit
+        (b'\n{"tx_id":"e"}', False),
+    ],
+)
+def test_the_depth_limit_sees_every_bracket(raw: bytes, refused: bool) -> None:
+    """The loop skips counting brackets for a flat object (no "[" and no "{" past the first
+    byte); every other document is counted, then walked."""
+    limits = DecodeLimits(max_nesting_depth=2)
+    result = ShardProcessor(RuleSet((HIGH,)), limits=limits).process([record(None, 1, raw=raw)])
+    reasons = [d.reason for d in result.dead_letters]
+    if refused:
+        assert len(reasons) == 1 and reasons[0].startswith("nesting too deep: depth 3 > limit 2")
+    else:
+        assert len(reasons) == 1 and "missing field" in reasons[0]  # decoded, then no amount
+
+
 def test_a_failing_python_rule_dead_letters_for_that_rule_only() -> None:
     @predicate_rule(name="divides", version=1)
     def divides(doc: Any) -> bool:
