@@ -12,14 +12,15 @@ GetRecords returns while a shard catches up; ``STREAMPROC_BENCH_KCL_MESSAGE_RECO
 it). Message size hardly matters (1,000 and 10,000 records per message measured within a few
 percent of each other).
 
-Timed: from the first ``processRecords`` written to the pipe to the status line that
-acknowledges the last one. On the child's side that is the code a production child runs:
-amazon_kclpy's ``KCLProcess`` reading the pipe (one text line, ``json.loads`` into its message
-objects, base64), our ``ShardWorker`` and ``KclSource``/``KclShardReader``, and a real
-``Runtime`` (decode, the seed rules of ``benchmarks/rulesets/seed.py``, routing, settling,
-Prometheus metrics, a restore point and an inventory snapshot at each checkpoint, checkpoints
-through the daemon every ``runtime.checkpoint_interval_s``). Settings are the configuration's
-defaults (``build_parts``), so backpressure limits are those a real child uses.
+Timed: from the first ``processRecords`` written to the pipe to the status line that acknowledges
+the last one. On the child's side that is the code a production child runs: amazon_kclpy's
+``KCLProcess`` reading the pipe (one text line; ``processRecords`` parsed by
+``connectors.kcl_protocol`` with orjson, base64), our ``ShardWorker`` and
+``KclSource``/``KclShardReader``, and a real ``Runtime`` (decode, the seed rules of
+``benchmarks/rulesets/seed.py``, routing, settling, Prometheus metrics, a restore point and an
+inventory snapshot at each checkpoint, checkpoints through the daemon every
+``runtime.checkpoint_interval_s``). Settings are the configuration's defaults (``build_parts``), so
+backpressure limits are those a real child uses.
 
 What is *not* production: I/O to AWS. The alerts go to the in-memory sink of the unit tests
 (``tests/unit/memory.py``: it acknowledges every alert at the first flush), restore points and
@@ -56,9 +57,9 @@ from typing import Any
 
 import orjson
 import pytest
-from amazon_kclpy import kcl
 
 from benchmarks.summary import report
+from connectors.kcl_protocol import kcl_process
 from connectors.kcl_worker import KclShardReader, KclSource, ShardWorker
 from streamproc.app import Parts, build_parts
 from streamproc.config import Config, DeadLetterConfig, KclConfig, RulesConfig
@@ -162,7 +163,7 @@ class PipeDaemon:
         child_input = os.fdopen(child_in, "r", encoding="utf-8")
         # As connectors.kcl.main sets up the protocol channel: text, line-buffered.
         child_output = os.fdopen(child_out, "w", buffering=1, encoding="utf-8")
-        process = kcl.KCLProcess(
+        process = kcl_process(
             worker, input_file=child_input, output_file=child_output, error_file=self.errors
         )
 

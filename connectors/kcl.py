@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         level=os.environ.get("STREAMPROC_LOG_LEVEL", "WARNING").upper(),
         format="%(levelname)s %(name)s [pid %(process)d] %(message)s",
     )
-    from amazon_kclpy import kcl
+    from connectors.kcl_protocol import kcl_process
 
     # The real stdout is the daemon's protocol channel. Anything else that prints (a rule module
     # calling print, at import or per record; a library) goes to stderr instead of corrupting it.
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     except StreamprocError as exc:
         print(f"streamproc kcl child: {exc}", file=sys.stderr)
         return 2
-    process = kcl.KCLProcess(_Guard(worker), input_file=sys.stdin, output_file=protocol)
+    process = kcl_process(_Guard(worker), input_file=sys.stdin, output_file=protocol)
     try:
         process.run()
     finally:

@@ -1,7 +1,8 @@
 """The KCL child's protocol handling, against a scripted daemon over real pipes.
 
-amazon_kclpy's own ``KCLProcess`` runs our ``ShardWorker`` on one end of a pair of pipes; the
-test plays the MultiLangDaemon on the other end, line by line, as the Java daemon does. This is
+amazon_kclpy's own ``KCLProcess`` (set up as the child does, by
+``connectors.kcl_protocol.kcl_process``) runs our ``ShardWorker`` on one end of a pair of pipes;
+the test plays the MultiLangDaemon on the other end, line by line, as the Java daemon does. This is
 where the checkpoint errors the real daemon cannot be made to produce on demand are injected
 (ThrottlingException, ShutdownException), together with sinks that hold their acknowledgements
 (tests/unit/memory.py). The real daemon is exercised in tests/integration/test_kcl.py.
@@ -19,10 +20,10 @@ from typing import Any
 
 import orjson
 import pytest
-from amazon_kclpy import kcl
 
 import connectors.kcl as kcl_child
 from connectors.kcl import _Guard
+from connectors.kcl_protocol import kcl_process
 from connectors.kcl_worker import KclShardReader, KclSource, ShardWorker
 from streamproc.errors import TransportError
 from streamproc.interfaces import RestorePoint
@@ -44,7 +45,7 @@ class FakeDaemon:
         self._from_child, child_out = os.pipe()
         self._out = os.fdopen(self._to_child, "w", buffering=1)
         self._in = os.fdopen(self._from_child, "r")
-        self._process = kcl.KCLProcess(
+        self._process = kcl_process(
             processor,
             input_file=os.fdopen(child_in, "r"),
             output_file=os.fdopen(child_out, "w", buffering=1),
@@ -386,3 +387,67 @@ def test_an_unexpected_error_exits_the_child_instead_of_acknowledging_the_batch(
     with pytest.raises(SystemExit):
         _Guard(Broken()).process_records(object())  # type: ignore[arg-type]
     assert exits == [1]
+
+
+def test_the_fast_parse_of_process_records_gives_the_records_amazon_kclpy_would() -> None:
+    """connectors.kcl_protocol parses processRecords with orjson and builds our records from the
+    daemon's JSON objects; the result equals what the worker builds from amazon_kclpy's own
+    message objects (a missing or null sub-sequence number is 0). Other actions are amazon_kclpy's
+    message objects, as before."""
+    from amazon_kclpy import dispatch, messages
+
+    from connectors.kcl_protocol import RawProcessRecords, load_action
+
+    def original(line: str) -> Any:
+        return json.loads(line, object_hook=dispatch.message_decode)
+
+    message = {
+        "action": "processRecords",
+        "millisBehindLatest": 1200,
+        "records": [
+            {
+                "action": "record",
+                "data": base64.b64encode(b'{"amount": 5}').decode(),
+                "partitionKey": "card-1",
+                "sequenceNumber": "49680613209722956447573071511916626971671785493216886786",
+                "subSequenceNumber": 3,
+                "approximateArrivalTimestamp": 1767225600123,
+            },
+            {
+                "action": "record",
+                "data": base64.b64encode(b"not json \xff").decode(),
+                "partitionKey": "card-2",
+                "sequenceNumber": "49680613209722956447573071511916626971671785493216886787",
+                "subSequenceNumber": None,
+                "approximateArrivalTimestamp": 1767225600456,
+            },
+        ],
+    }
+    line = json.dumps(message)
+    fast = load_action(line, original)
+    assert isinstance(fast, RawProcessRecords)
+    assert fast.millis_behind_latest == 1200 and fast.action == "processRecords"
+    theirs = original(line)
+    expected = [
+        Record(
+            data=r.binary_data,
+            partition_key=r.partition_key,
+            sequence_number=r.sequence_number,
+            sub_sequence_number=int(r.sub_sequence_number or 0),
+            arrival_ms=int(r.timestamp_millis),
+            shard_id=SHARD,
+        )
+        for r in theirs.records
+    ]
+    assert fast.to_records(SHARD) == expected
+    assert [r.sub_sequence_number for r in expected] == [3, 0]
+    # Code that reads amazon_kclpy's record objects still gets them.
+    assert [r.sequence_number for r in fast.records] == [r.sequence_number for r in theirs.records]
+    assert all(isinstance(r, messages.Record) for r in fast.records)
+
+    initialize = json.dumps(
+        {"action": "initialize", "shardId": SHARD, "sequenceNumber": "1", "subSequenceNumber": 0}
+    )
+    assert isinstance(load_action(initialize, original), messages.InitializeInput)
+    with pytest.raises(ValueError):  # a broken line fails as amazon_kclpy's loader fails
+        load_action('{"action": "processRecords", ', original)

@@ -1,0 +1,89 @@
+"""The daemon's protocol on the child's side: amazon_kclpy's ``KCLProcess``, with a faster parse
+of ``processRecords``.
+
+amazon_kclpy decodes every message line with ``json.loads(object_hook=...)``, which builds one
+``messages.Record`` per record (including a ``datetime`` the child never uses), after which the
+worker turns each into our :class:`~streamproc.records.Record`. For ``processRecords`` lines
+:func:`load_action` parses with orjson instead and leaves the records as the daemon's JSON
+objects: :class:`RawProcessRecords` hands them to the worker, which builds our records in one
+pass. Every other message (initialize, checkpoint answers, shutdowns) still goes through
+amazon_kclpy's own decoding, and the protocol itself (status replies, checkpoints) is
+amazon_kclpy's, unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+from collections.abc import Callable, Sequence
+from typing import IO, Any
+
+import orjson
+from amazon_kclpy import kcl, messages
+
+from streamproc.records import Record
+
+__all__ = ["RawProcessRecords", "kcl_process", "load_action"]
+
+_b64decode = base64.b64decode
+
+
+class RawProcessRecords(messages.ProcessRecordsInput):  # type: ignore[misc]
+    """A ``processRecords`` message whose records are still the daemon's JSON objects.
+
+    ``records`` gives amazon_kclpy's ``messages.Record`` objects (built on first use) to any
+    code that expects them; :meth:`to_records` builds ours directly.
+    """
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.raw: Sequence[dict[str, Any]] = message["records"]
+        self._kcl_records: list[Any] | None = None
+
+    @property
+    def records(self) -> list[Any]:
+        if self._kcl_records is None:
+            self._kcl_records = [messages.Record(r) for r in self.raw]
+        return self._kcl_records
+
+    def to_records(self, shard_id: str) -> list[Record]:
+        """Our records, as :class:`connectors.kcl_worker.ShardWorker` builds them from
+        amazon_kclpy's: the data base64-decoded, a missing sub-sequence number as 0."""
+        return [
+            Record(
+                data=_b64decode(r["data"]),
+                partition_key=r["partitionKey"],
+                sequence_number=r["sequenceNumber"],
+                sub_sequence_number=int(r.get("subSequenceNumber") or 0),
+                arrival_ms=int(r["approximateArrivalTimestamp"]),
+                shard_id=shard_id,
+            )
+            for r in self.raw
+        ]
+
+
+def load_action(line: str, fallback: Callable[[str], Any]) -> Any:
+    """One message line from the daemon: ``processRecords`` as :class:`RawProcessRecords`,
+    anything else as ``fallback`` (amazon_kclpy's own loader) decodes it."""
+    try:
+        message = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return fallback(line)  # its error, or what it makes of the line
+    if message.__class__ is dict and message.get("action") == "processRecords":
+        return RawProcessRecords(message)
+    return fallback(line)
+
+
+def kcl_process(
+    processor: Any, input_file: IO[str], output_file: IO[str], error_file: IO[str] | None = None
+) -> kcl.KCLProcess:
+    """amazon_kclpy's ``KCLProcess`` around ``processor``, parsing with :func:`load_action`."""
+    if error_file is None:
+        process = kcl.KCLProcess(processor, input_file=input_file, output_file=output_file)
+    else:
+        process = kcl.KCLProcess(
+            processor, input_file=input_file, output_file=output_file, error_file=error_file
+        )
+    handler = process.io_handler
+    handler.load_action = functools.partial(load_action, fallback=handler.load_action)
+    return process
