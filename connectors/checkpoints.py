@@ -128,7 +128,10 @@ class DynamoDbCheckpointStore:
     ) -> None:
         """One conditional write of the ``pending_*`` attributes (the stored checkpoint and its
         confirmed restore point stay as they are). Refused, silently, for an ended shard or a
-        pending position further on (a stale writer)."""
+        position behind the confirmed checkpoint. A pending point further on is replaced: it
+        is a stale owner's (the daemon refuses its checkpoints once the lease moved), and the
+        new owner, which starts at the daemon's lower checkpoint, must be able to write its
+        own."""
         values: dict[str, Any] = {
             ":false": {"BOOL": False},
             ":seq": {"S": position.sequence},
@@ -151,10 +154,7 @@ class DynamoDbCheckpointStore:
             values[":rsub"] = {"N": str(restore.replay_from.sub_sequence_number)}
         else:
             update += " REMOVE pending_replay_sequence_number, pending_replay_sub_sequence_number"
-        condition = (
-            f"{_NOT_ENDED} AND (attribute_not_exists(pending_position_key)"
-            " OR pending_position_key <= :key)"
-        )
+        condition = f"{_NOT_ENDED} AND (attribute_not_exists(position_key) OR position_key <= :key)"
         try:
             self._client.update_item(
                 TableName=self._table,
@@ -166,7 +166,7 @@ class DynamoDbCheckpointStore:
         except ClientError as exc:
             if _code(exc) == "ConditionalCheckFailedException":
                 logger.debug(
-                    "pending restore point %s/%s at %s not stored: ended, or a later one is",
+                    "pending restore point %s/%s at %s not stored: ended, or behind the checkpoint",
                     stream,
                     shard_id,
                     position,

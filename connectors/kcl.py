@@ -19,8 +19,9 @@ shard, with :class:`KclSource` as its source:
 - Checkpoint errors: ``ThrottlingException`` and ``InvalidStateException`` are retried on a
   later turn; ``ShutdownException`` (the lease is gone) stops the shard.
 
-Window state moves with the lease: after each daemon checkpoint, the runtime's restore point
-(where to replay from to rebuild window state) is saved to ``source.checkpoint_table``. A child
+Window state moves with the lease: with each daemon checkpoint, the runtime's restore point
+(where to replay from to rebuild window state) is saved to ``source.checkpoint_table`` (as
+pending before the daemon's write, confirmed after it: see ``KclSource``). A child
 that starts on a shard with a daemon checkpoint reads the records from that restore point up to
 the checkpoint again with GetRecords, feeding them to the windows only (no alerts), so a shard
 picked up by another worker continues with the same window contents.

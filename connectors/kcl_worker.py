@@ -4,8 +4,8 @@ See :mod:`connectors.kcl` for the whole picture. Here:
 
 - :class:`KclShardReader`: the shard's records as the runtime reads them: first a replay (to
   rebuild window state up to the daemon's checkpoint), then the batches the daemon pushes;
-- :class:`KclSource`: checkpoints through the daemon's checkpointer, then stores the restore
-  point; handles the daemon's checkpoint errors;
+- :class:`KclSource`: checkpoints through the daemon's checkpointer, with the restore point
+  stored before (pending) and after (confirmed); handles the daemon's checkpoint errors;
 - :class:`ShardWorker`: the record processor: ``initialize``, ``process_records``,
   ``shard_ended``, ``shutdown_requested``, ``lease_lost``.
 """

@@ -181,8 +181,10 @@ class Checkpoint:
         - the confirmed one saved at exactly that position;
         - else the pending one saved for exactly that position (its writer died after the
           daemon accepted the checkpoint, before confirming here);
-        - else an older confirmed one (a pending one for another position was never accepted):
-          its replay starts earlier than needed, which rebuilds the same windows, but idle
+        - else an older confirmed one (saved at ``position`` < ``checkpoint``; a pending one
+          for another position was never accepted, or was overwritten). Its replay starts
+          earlier than needed, which rebuilds the same windows; if no window held a record at
+          ``position`` (no ``replay_from``), the replay starts right after ``position``. Idle
           closes since it was saved are not recorded and happen again;
         - else None (nothing stored before or at ``checkpoint``).
         """
@@ -190,9 +192,13 @@ class Checkpoint:
             return self.restore
         if self.pending_restore is not None and self.pending_position == checkpoint:
             return self.pending_restore
-        if self.restore is not None and self.position is not None and self.position < checkpoint:
-            return self.restore
-        return None
+        older = self.restore
+        if older is None or self.position is None or not self.position < checkpoint:
+            return None
+        if older.replay_from is None:  # the windows were empty at position: replay what follows
+            after = Position(self.position.sequence_number, self.position.sub_sequence_number + 1)
+            return RestorePoint(after, older.closed_through, older.closes)
+        return older
 
 
 class CheckpointStore(Protocol):

@@ -210,8 +210,8 @@ def test_kill_9_of_one_worker_moves_its_shards_and_loses_or_duplicates_nothing(
             for shard in held
         )
 
-    wait_for("the victim to hold shards with restore points", victim_ready, 60, workers)
     producer.join()
+    wait_for("the victim to hold shards with restore points", victim_ready, 60, workers)
     # The last part flows while the victim dies, so the survivor has records of the victim's
     # shards left to read (with the stream drained, the lease table alone could say "done"
     # before the survivor even started on them).

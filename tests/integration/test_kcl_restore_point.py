@@ -26,13 +26,18 @@ SHARD = "shardId-000000000004"
 
 
 class Daemon:
-    """The daemon's checkpointer: records accepted checkpoints, or refuses with ``refuse``."""
+    """The daemon's checkpointer: records accepted checkpoints, or refuses with ``refuse``.
+    ``pending_seen`` records, for each checkpoint asked, the pending position already stored."""
 
-    def __init__(self) -> None:
+    def __init__(self, store: DynamoDbCheckpointStore) -> None:
+        self.store = store
         self.accepted: list[Position] = []
+        self.pending_seen: list[Position | None] = []
         self.refuse: str | None = None
 
     def checkpoint(self, sequence: str, sub_sequence: int) -> None:
+        stored = self.store.load("orders", SHARD)
+        self.pending_seen.append(None if stored is None else stored.pending_position)
         if self.refuse is not None:
             raise CheckpointError(self.refuse)
         self.accepted.append(Position.of(sequence, sub_sequence))
@@ -74,12 +79,13 @@ def test_a_crash_after_the_daemons_first_checkpoint_leaves_its_restore_point(
 ) -> None:
     """The shard's first checkpoint: before pending restore points, nothing was stored for it,
     and the next owner started with empty windows."""
-    daemon = Daemon()
+    daemon = Daemon(store)
     first = RestorePoint(Position.of("3"), {"velocity": 1_000}, 1)
     cut = cut_confirming_writes(ddb)
     with pytest.raises(TransportError):
         source(store, daemon, None).checkpoint(SHARD, Position.of("10", 2), restore=first)
     assert daemon.accepted == [Position(10, 2)] and len(cut) == 1
+    assert daemon.pending_seen == [Position(10, 2)]  # stored before the daemon's checkpoint
 
     stored = store.load("orders", SHARD)
     assert stored is not None and stored.position is None and stored.restore is None
@@ -89,7 +95,7 @@ def test_a_crash_after_the_daemons_first_checkpoint_leaves_its_restore_point(
 def test_a_crash_after_a_later_daemon_checkpoint_uses_the_pending_restore_point(
     ddb: Any, store: DynamoDbCheckpointStore
 ) -> None:
-    daemon = Daemon()
+    daemon = Daemon(store)
     old = RestorePoint(Position.of("3"), {}, 0)
     new = RestorePoint(Position.of("12"), {"velocity": 9_000}, 2)
     source(store, daemon, None).checkpoint(SHARD, Position.of("10"), restore=old)
@@ -109,7 +115,7 @@ def test_a_checkpoint_the_daemon_refused_leaves_the_older_restore_point_in_force
 ) -> None:
     """The pending restore point is stored, then the daemon refuses (here: the lease moved on).
     The daemon's checkpoint is the older one, and so is the restore point the next owner uses."""
-    daemon = Daemon()
+    daemon = Daemon(store)
     old = RestorePoint(Position.of("3"), {}, 0)
     source(store, daemon, None).checkpoint(SHARD, Position.of("10"), restore=old)
     daemon.refuse = "ShutdownException"
@@ -125,7 +131,7 @@ def test_a_checkpoint_the_daemon_refused_leaves_the_older_restore_point_in_force
 def test_every_write_completing_stores_the_same_restore_point_twice(
     store: DynamoDbCheckpointStore,
 ) -> None:
-    daemon = Daemon()
+    daemon = Daemon(store)
     point = RestorePoint(Position.of("7", 1), {"velocity": 5}, 3)
     source(store, daemon, None).checkpoint(SHARD, Position.of("9"), restore=point)
     assert store.load("orders", SHARD) == Checkpoint(
@@ -133,22 +139,28 @@ def test_every_write_completing_stores_the_same_restore_point_twice(
     )
 
 
-def test_pending_restore_points_never_move_backwards_nor_after_the_end(
+def test_a_pending_restore_point_behind_the_checkpoint_or_after_the_end_is_refused(
     store: DynamoDbCheckpointStore,
 ) -> None:
-    """A stale writer (the previous owner after a lease move) cannot replace a later pending
-    restore point; an ended shard keeps its item as it was."""
-    late = RestorePoint(None, {"velocity": 4}, 1)
-    store.save_pending("orders", SHARD, Position(30), late)
-    store.save_pending("orders", SHARD, Position(20), RestorePoint(Position(11)))
+    """A later pending point (a stale owner's, whose daemon checkpoint was refused) is replaced
+    by the new owner's, which starts at the daemon's lower checkpoint; a point behind the
+    confirmed checkpoint is refused, and an ended shard keeps its item as it was."""
+    store.save("orders", SHARD, Position(20), restore=RestorePoint(Position(5)))
+    store.save_pending("orders", SHARD, Position(40), RestorePoint(Position(30)))  # stale owner
+    mine = RestorePoint(None, {"velocity": 4}, 1)
+    store.save_pending("orders", SHARD, Position(25), mine)
     stored = store.load("orders", SHARD)
-    assert stored is not None and stored.pending_position == Position(30)
-    assert stored.pending_restore == late  # no replay_from: no window holds a record
+    assert stored is not None and stored.pending_position == Position(25)
+    assert stored.pending_restore == mine  # no replay_from: no window holds a record
+
+    store.save_pending("orders", SHARD, Position(15), RestorePoint(Position(11)))  # behind 20
+    stored = store.load("orders", SHARD)
+    assert stored is not None and stored.pending_position == Position(25)
 
     assert store.try_save("orders", SHARD, Position(40), shard_ended=True)
     store.save_pending("orders", SHARD, Position(50), RestorePoint(Position(45)))
     stored = store.load("orders", SHARD)
-    assert stored is not None and stored.pending_position == Position(30)
+    assert stored is not None and stored.pending_position == Position(25)
 
 
 def test_restore_for_picks_the_point_that_rebuilds_the_daemons_checkpoint() -> None:
@@ -174,3 +186,7 @@ def test_restore_for_picks_the_point_that_rebuilds_the_daemons_checkpoint() -> N
     )
     assert same.restore_for(Position(10)) == confirmed  # confirmed later (an idle close)
     assert Checkpoint(SHARD, None).restore_for(Position(1)) is None
+    # An older point taken while no window held a record: replay everything after it.
+    empty = Checkpoint(SHARD, Position(10, 2), restore=RestorePoint(None, {"w": 7}, 2))
+    assert empty.restore_for(Position(30)) == RestorePoint(Position(10, 3), {"w": 7}, 2)
+    assert empty.restore_for(Position(10, 2)) == RestorePoint(None, {"w": 7}, 2)

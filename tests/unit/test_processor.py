@@ -101,6 +101,7 @@ def test_bad_records_become_dead_letters_and_good_ones_around_them_flow() -> Non
 @pytest.mark.parametrize(
     ("raw", "refused"),
     [
+        (b'{"tx_id":"f","merchant":"x"}', False),  # flat: not counted at all
         (b'{"tx_id":"a","merchant":"{[{[ not nested ]}]}"}', False),  # brackets in a string
         (b' {"tx_id":"b","nested":{"x":{"y":1}}}', True),  # leading space, depth 3
         (b'{"tx_id":"c","nested":[[1]]}', True),  # depth 3 through lists only
