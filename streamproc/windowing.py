@@ -105,7 +105,9 @@ class WindowSet:
                 rejected.append((rule.name, f"{exc.reason} (rule {rule.name!r})"))
                 continue
             if alerts is not None and results:
-                self.add_alerts(index, results, record.shard_id, position, alerts)
+                self.add_alerts(
+                    index, results, record.shard_id, position, alerts, record.sequence_number
+                )
 
     def flush(self, shard_id: str, last: Pos | None) -> list[Alert]:
         """Close every open window now (idle deadline, end of a replay file)."""
@@ -149,7 +151,11 @@ class WindowSet:
         shard_id: str,
         fallback: Pos | None,
         alerts: list[Alert],
+        fallback_sequence: str | None = None,
     ) -> None:
+        """Append the alerts of ``results``. ``fallback`` is the position of results without a
+        trigger; ``fallback_sequence``, if given, is its sequence number as the stream wrote it
+        (results triggered at ``fallback`` then reuse the text instead of converting back)."""
         rule = self.rules[index]
         sinks = self._sinks[index]
         per_event = isinstance(rule.window, Sliding)
@@ -167,17 +173,26 @@ class WindowSet:
             if result.correction:
                 identity += f"|correction={result.trigger_identity}"
             where = result.trigger or fallback or (0, 0)
+            key = result.key
+            if len(key) == 1 and key[0].__class__ is str:  # the join below, for one text
+                key_text: str | None = key[0] or None
+            else:
+                key_text = "|".join(str(v) for v in key) or None
+            if where is fallback and fallback_sequence is not None:
+                sequence_number = fallback_sequence
+            else:
+                sequence_number = str(where[0])
             alerts.append(
                 Alert(
                     alert_id=make_alert_id(rule.name, rule.version, identity),
                     rule=rule.name,
                     rule_version=rule.version,
                     severity=rule.severity,
-                    key="|".join(str(v) for v in result.key) or None,
+                    key=key_text,
                     fields=result.values,
                     sinks=sinks,
                     shard_id=shard_id,
-                    sequence_number=str(where[0]),
+                    sequence_number=sequence_number,
                     sub_sequence_number=max(where[1], 0),
                     event_time=format_event_time(result.event_time_ms),
                     key_fields=key_fields or None,

@@ -94,6 +94,7 @@ def _parse(value: Any, kind: type) -> int:
 
 
 _PREFIXES: dict[int, str] = {}  # whole seconds -> "YYYY-MM-DDTHH:MM:SS." (bounded, like _SECONDS)
+_FRACTIONS = [f"{ms:03d}Z" for ms in range(1000)]  # the tails: ms -> "mmmZ"
 
 
 def format_event_time(millis: int) -> str:
@@ -101,7 +102,7 @@ def format_event_time(millis: int) -> str:
     seconds, fraction = divmod(millis, 1000)
     prefix = _PREFIXES.get(seconds)
     if prefix is not None:
-        return f"{prefix}{fraction:03d}Z"
+        return prefix + _FRACTIONS[fraction]
     text = _format(millis)
     if text.endswith("Z") and len(text) == 24:
         if len(_PREFIXES) >= _SECONDS_LIMIT:
