@@ -137,44 +137,22 @@ class DynamoDbCheckpointStore:
             ":seq": {"S": position.sequence},
             ":sub": {"N": str(position.sub_sequence_number)},
             ":key": {"S": position_key(position)},
-            ":closed": {"S": orjson.dumps(dict(restore.closed_through)).decode()},
-            ":closes": {"N": str(restore.closes)},
         }
+        sets, removed = _restore_update(restore, "pending_", values)
         update = (
             "SET pending_sequence_number = :seq, pending_sub_sequence_number = :sub,"
-            " pending_position_key = :key, pending_closed_through = :closed,"
-            " pending_closes = :closes"
+            " pending_position_key = :key, " + ", ".join(sets)
         )
-        if restore.replay_from is not None:
-            update += (
-                ", pending_replay_sequence_number = :rseq,"
-                " pending_replay_sub_sequence_number = :rsub"
-            )
-            values[":rseq"] = {"S": restore.replay_from.sequence}
-            values[":rsub"] = {"N": str(restore.replay_from.sub_sequence_number)}
-        else:
-            update += " REMOVE pending_replay_sequence_number, pending_replay_sub_sequence_number"
+        if removed:
+            update += " REMOVE " + ", ".join(removed)
         condition = f"{_NOT_ENDED} AND (attribute_not_exists(position_key) OR position_key <= :key)"
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_key(stream, shard_id),
-                UpdateExpression=update,
-                ConditionExpression=condition,
-                ExpressionAttributeValues=values,
+        if not self._update(stream, shard_id, update, condition, values):
+            logger.debug(
+                "pending restore point %s/%s at %s not stored: ended, or behind the checkpoint",
+                stream,
+                shard_id,
+                position,
             )
-        except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
-                logger.debug(
-                    "pending restore point %s/%s at %s not stored: ended, or behind the checkpoint",
-                    stream,
-                    shard_id,
-                    position,
-                )
-                return
-            raise self._transport_error("UpdateItem", stream, shard_id, exc) from exc
-        except BotoCoreError as exc:
-            raise self._transport_error("UpdateItem", stream, shard_id, exc) from exc
 
     def save(
         self,
@@ -219,19 +197,11 @@ class DynamoDbCheckpointStore:
                     ":ended": {"BOOL": shard_ended},
                 }
             )
-            removed = []
             if restore is not None and not shard_ended:
-                update += ", closed_through = :closed, closes = :closes"
-                values[":closed"] = {"S": orjson.dumps(dict(restore.closed_through)).decode()}
-                values[":closes"] = {"N": str(restore.closes)}
+                sets, removed = _restore_update(restore, "", values)
+                update += ", " + ", ".join(sets)
                 # The same position may be saved again after a window close (closes grew).
                 condition = _ADVANCE_OR_CLOSED
-                if restore.replay_from is not None:
-                    update += ", replay_sequence_number = :rseq, replay_sub_sequence_number = :rsub"
-                    values[":rseq"] = {"S": restore.replay_from.sequence}
-                    values[":rsub"] = {"N": str(restore.replay_from.sub_sequence_number)}
-                else:
-                    removed = ["replay_sequence_number", "replay_sub_sequence_number"]
             else:
                 removed = [
                     "replay_sequence_number",
@@ -241,6 +211,21 @@ class DynamoDbCheckpointStore:
                 ]
             if removed:
                 update += " REMOVE " + ", ".join(removed)
+        if self._update(stream, shard_id, update, condition, values):
+            return True
+        logger.debug(
+            "checkpoint %s/%s not moved to %s (ended=%s): stored one is newer or ended",
+            stream,
+            shard_id,
+            position,
+            shard_ended,
+        )
+        return False
+
+    def _update(
+        self, stream: str, shard_id: str, update: str, condition: str, values: dict[str, Any]
+    ) -> bool:
+        """One conditional UpdateItem of the shard's item; False if the condition refused it."""
         try:
             self._client.update_item(
                 TableName=self._table,
@@ -251,13 +236,6 @@ class DynamoDbCheckpointStore:
             )
         except ClientError as exc:
             if _code(exc) == "ConditionalCheckFailedException":
-                logger.debug(
-                    "checkpoint %s/%s not moved to %s (ended=%s): stored one is newer or ended",
-                    stream,
-                    shard_id,
-                    position,
-                    shard_ended,
-                )
                 return False
             raise self._transport_error("UpdateItem", stream, shard_id, exc) from exc
         except BotoCoreError as exc:
@@ -284,6 +262,22 @@ class DynamoDbCheckpointStore:
             f"DynamoDB {operation} failed ({where}): {code}: {message}",
             retryable=_is_retryable(exc),
         )
+
+
+def _restore_update(
+    restore: RestorePoint, prefix: str, values: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    """The SET clauses and REMOVEd attributes that store ``restore`` under ``prefix`` ("" or
+    "pending_"), adding their values to ``values``; :func:`_restore` reads them back."""
+    values[":closed"] = {"S": orjson.dumps(dict(restore.closed_through)).decode()}
+    values[":closes"] = {"N": str(restore.closes)}
+    sets = [f"{prefix}closed_through = :closed", f"{prefix}closes = :closes"]
+    replay = [f"{prefix}replay_sequence_number", f"{prefix}replay_sub_sequence_number"]
+    if restore.replay_from is None:
+        return sets, replay
+    values[":rseq"] = {"S": restore.replay_from.sequence}
+    values[":rsub"] = {"N": str(restore.replay_from.sub_sequence_number)}
+    return [*sets, f"{replay[0]} = :rseq", f"{replay[1]} = :rsub"], []
 
 
 def _restore(item: dict[str, Any], prefix: str) -> RestorePoint | None:

@@ -23,7 +23,7 @@ from amazon_kclpy import kcl, messages
 
 from streamproc.records import Record
 
-__all__ = ["RawProcessRecords", "kcl_process", "load_action"]
+__all__ = ["RawProcessRecords", "kcl_process", "load_action", "records_of"]
 
 _b64decode = base64.b64decode
 
@@ -47,8 +47,8 @@ class RawProcessRecords(messages.ProcessRecordsInput):  # type: ignore[misc]
         return self._kcl_records
 
     def to_records(self, shard_id: str) -> list[Record]:
-        """Our records, as :class:`connectors.kcl_worker.ShardWorker` builds them from
-        amazon_kclpy's: the data base64-decoded, a missing sub-sequence number as 0."""
+        """Our records, as :func:`records_of` builds them from amazon_kclpy's: the data
+        base64-decoded, a missing sub-sequence number as 0."""
         return [
             Record(
                 data=_b64decode(r["data"]),
@@ -60,6 +60,24 @@ class RawProcessRecords(messages.ProcessRecordsInput):  # type: ignore[misc]
             )
             for r in self.raw
         ]
+
+
+def records_of(message: Any, shard_id: str) -> list[Record]:
+    """Our records of a ``processRecords`` message: directly from the daemon's JSON for a
+    :class:`RawProcessRecords`, else from amazon_kclpy's ``messages.Record`` objects."""
+    if isinstance(message, RawProcessRecords):
+        return message.to_records(shard_id)
+    return [
+        Record(
+            data=r.binary_data,
+            partition_key=r.partition_key,
+            sequence_number=r.sequence_number,
+            sub_sequence_number=int(r.sub_sequence_number or 0),
+            arrival_ms=int(r.timestamp_millis),
+            shard_id=shard_id,
+        )
+        for r in message.records
+    ]
 
 
 def load_action(line: str, fallback: Callable[[str], Any]) -> Any:

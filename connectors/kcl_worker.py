@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from connectors.kcl_protocol import RawProcessRecords
+from connectors.kcl_protocol import records_of
 from streamproc.errors import TransportError
 from streamproc.interfaces import CheckpointStore, RestorePoint, ShardReader
 from streamproc.records import Position, Record, RecordBatch
@@ -298,20 +298,7 @@ class ShardWorker:
         if runtime is None or source is None or reader is None:
             return
         source.checkpointer = process_records_input.checkpointer
-        if isinstance(process_records_input, RawProcessRecords):  # connectors.kcl_protocol
-            records = process_records_input.to_records(self.shard_id)
-        else:
-            records = [
-                Record(
-                    data=r.binary_data,
-                    partition_key=r.partition_key,
-                    sequence_number=r.sequence_number,
-                    sub_sequence_number=int(r.sub_sequence_number or 0),
-                    arrival_ms=int(r.timestamp_millis),
-                    shard_id=self.shard_id,
-                )
-                for r in process_records_input.records
-            ]
+        records = records_of(process_records_input, self.shard_id)
         if records:
             self._note("records", records)
             self._idle = False

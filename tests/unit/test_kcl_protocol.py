@@ -396,7 +396,7 @@ def test_the_fast_parse_of_process_records_gives_the_records_amazon_kclpy_would(
     message objects, as before."""
     from amazon_kclpy import dispatch, messages
 
-    from connectors.kcl_protocol import RawProcessRecords, load_action
+    from connectors.kcl_protocol import RawProcessRecords, load_action, records_of
 
     def original(line: str) -> Any:
         return json.loads(line, object_hook=dispatch.message_decode)
@@ -428,17 +428,8 @@ def test_the_fast_parse_of_process_records_gives_the_records_amazon_kclpy_would(
     assert isinstance(fast, RawProcessRecords)
     assert fast.millis_behind_latest == 1200 and fast.action == "processRecords"
     theirs = original(line)
-    expected = [
-        Record(
-            data=r.binary_data,
-            partition_key=r.partition_key,
-            sequence_number=r.sequence_number,
-            sub_sequence_number=int(r.sub_sequence_number or 0),
-            arrival_ms=int(r.timestamp_millis),
-            shard_id=SHARD,
-        )
-        for r in theirs.records
-    ]
+    assert not isinstance(theirs, RawProcessRecords)
+    expected = records_of(theirs, SHARD)  # through amazon_kclpy's messages.Record objects
     assert fast.to_records(SHARD) == expected
     assert [r.sub_sequence_number for r in expected] == [3, 0]
     # Code that reads amazon_kclpy's record objects still gets them.
