@@ -9,7 +9,7 @@ from typing import Any
 
 from streamproc.errors import RuleCompileError
 from streamproc.records import Pos
-from streamproc.windows.aggregates import AggregateSet
+from streamproc.windows.aggregates import TIME, AggregateSet
 from streamproc.windows.base import Engine, Evaluator, KeyReader, LateEvent, WindowResult
 from streamproc.windows.panes import PaneEngine
 from streamproc.windows.sessions import SessionEngine
@@ -80,12 +80,14 @@ class WindowOperator:
         #: ``handle(doc, event_time_ms, position, identity)``: :meth:`on_event`, or its fast
         #: path where the rule has one.
         self.handle: Handler = self.on_event
-        if (
-            isinstance(engine, SlidingEngine)
-            and engine.holds_by_count is not None
-            and not rule.where
-        ):
-            self.handle = self._sliding_count_handler(engine)
+        if isinstance(engine, SlidingEngine):
+            if engine.holds_by_count is not None and not rule.where:
+                self.handle = self._sliding_count_handler(engine)
+        elif isinstance(engine, PaneEngine):
+            if not engine.early or engine.slide == engine.size:  # not an early Hop
+                self.handle = self._pane_handler(engine)
+        else:
+            self.handle = self._session_handler(engine)
 
     def on_event(
         self,
@@ -151,8 +153,7 @@ class WindowOperator:
         heap = engine.heap
         lateness = self._lateness
         read_key = self._key
-        group_by = self.rule.group_by
-        key_name = group_by[0] if len(group_by) == 1 and "." not in group_by[0] else None
+        key_name = _top_key(self.rule.group_by)
         none: tuple[WindowResult, ...] = ()  # returned when nothing fired
 
         def handle(
@@ -210,6 +211,148 @@ class WindowOperator:
                         out = []
                     engine.close_until(moved, position, out)
             return none if out is None else out
+
+        return handle
+
+    def _pane_handler(self, engine: PaneEngine) -> Handler:
+        """:meth:`on_event` for an on-time event (at or after every earlier one) of a key that
+        already has a pane at its time, in a Tumble or Hop rule (an early Hop excepted): one
+        in-place update of the pane, for an early Tumble one HAVING check unless the window
+        fired, and the boundary work only when the watermark reaches it. Any other event takes
+        the general path, which makes the same changes (the property tests check both against
+        a brute-force model)."""
+        general = self.on_event
+        where = self._where
+        read_key = self._key
+        key_name = _top_key(self.rule.group_by)
+        by_key, starts, fired = engine.by_key, engine.starts, engine.fired
+        add = engine.aggs.add
+        slide, size = engine.slide, engine.size
+        lingers = size + engine.keep  # the first pane is freed once the watermark is this past it
+        early = engine.early
+        output_of = engine.ev.keys.output
+        values_of, result_of = engine.ev.values, engine.ev.result
+        lateness = self._lateness
+        none: tuple[WindowResult, ...] = ()  # returned when nothing fired or closed
+
+        def handle(
+            doc: Mapping[str, Any], event_time_ms: int, position: Pos, identity: str
+        ) -> Sequence[WindowResult]:
+            watermark = self._watermark
+            max_time = self._max_time
+            if (
+                watermark is None
+                or max_time is None
+                or event_time_ms < max_time
+                or event_time_ms < watermark  # behind a deadline set by advance_to or flush
+            ):
+                return general(doc, event_time_ms, position, identity)
+            if where is not None and not where(doc):
+                return self._time_passes(event_time_ms, position)
+            key = None if key_name is None else doc.get(key_name)
+            if key.__class__ is not str:
+                key = read_key(doc)  # normalizes other values, raises for bad ones
+            start = event_time_ms - event_time_ms % slide
+            mine = by_key.get(key)
+            state = None if mine is None else mine.get(start)
+            if state is None:  # the key's first event in this pane: the general path makes it
+                return general(doc, event_time_ms, position, identity)
+            self._seq = seq = self._seq + 1
+            self._max_time = event_time_ms
+            self._record_setter = position
+            add(state, doc, event_time_ms, seq)
+            out: list[WindowResult] | None = None
+            if early:  # a Tumble: the event is in one window, the one of its pane
+                keys = fired.get(start)
+                if keys is None or key not in keys:
+                    output = output_of(key)
+                    values = values_of(output, state)
+                    if values is not None:
+                        if keys is None:
+                            keys = fired[start] = set()
+                        keys.add(key)
+                        end = start + size
+                        out = [
+                            result_of(output, start, end, values, event_time_ms, position, identity)
+                        ]
+            moved = event_time_ms - lateness
+            if moved > watermark:
+                self._watermark = moved
+                next_end = engine.next_end
+                if (
+                    next_end is None
+                    or moved >= next_end
+                    or (starts and starts[0] + lingers <= moved)
+                ):
+                    if out is None:
+                        out = []
+                    engine.close_until(moved, position, out)
+            return none if out is None else out
+
+        return handle
+
+    def _session_handler(self, engine: SessionEngine) -> Handler:
+        """:meth:`on_event` for an on-time event (at or after every earlier one) that extends
+        its key's only session: one in-place update, an early check unless the session was
+        emitted, and closing only when the watermark reaches the first deadline. Any other event
+        (a new key or session, a merge) takes the general path, which makes the same changes."""
+        general = self.on_event
+        where = self._where
+        read_key = self._key
+        key_name = _top_key(self.rule.group_by)
+        by_key, heap = engine.by_key, engine.heap
+        add = engine.aggs.add
+        gap = engine.gap
+        early = engine.early
+        lateness = self._lateness
+        none: tuple[WindowResult, ...] = ()
+
+        def handle(
+            doc: Mapping[str, Any], event_time_ms: int, position: Pos, identity: str
+        ) -> Sequence[WindowResult]:
+            watermark = self._watermark
+            max_time = self._max_time
+            if (
+                watermark is None
+                or max_time is None
+                or event_time_ms < max_time
+                or event_time_ms < watermark
+            ):
+                return general(doc, event_time_ms, position, identity)
+            if where is not None and not where(doc):
+                return self._time_passes(event_time_ms, position)
+            key = None if key_name is None else doc.get(key_name)
+            if key.__class__ is not str:
+                key = read_key(doc)
+            sessions = by_key.get(key)
+            if sessions is None or len(sessions) != 1:
+                return general(doc, event_time_ms, position, identity)
+            session = sessions[0]
+            state = session.state
+            # The session's last event is at or before every later one, so the event joins it
+            # (and no other) exactly when it is within the gap of that last event.
+            if event_time_ms >= state[TIME] + gap:
+                return general(doc, event_time_ms, position, identity)
+            self._seq = seq = self._seq + 1
+            self._max_time = event_time_ms
+            self._record_setter = position
+            add(state, doc, event_time_ms, seq)
+            end = state[TIME] + gap  # after the watermark: the session stays open
+            session.closed = False
+            if session.due is None or end < session.due:
+                engine.schedule(session, end)
+            out: list[WindowResult] | None = None
+            if early and not session.emitted:
+                out = []
+                engine.emit_now(session, end, event_time_ms, position, identity, False, out)
+            moved = event_time_ms - lateness
+            if moved > watermark:
+                self._watermark = moved
+                if heap and heap[0][0] <= moved:
+                    if out is None:
+                        out = []
+                    engine.close_until(moved, position, out)
+            return out or none
 
         return handle
 
@@ -273,6 +416,11 @@ class WindowOperator:
     def state_size(self) -> tuple[int, int]:
         """(keys holding state, stored items: pane states, sessions or sliding events)."""
         return self._engine.state_size()
+
+
+def _top_key(group_by: tuple[str, ...]) -> str | None:
+    """The GROUP BY field a fast path reads directly: one top-level field, else None."""
+    return group_by[0] if len(group_by) == 1 and "." not in group_by[0] else None
 
 
 def _check(rule: WindowRule) -> None:

@@ -47,23 +47,23 @@ class PaneEngine:
     def __init__(
         self, evaluator: Evaluator, slide: int, size: int, retention: int, early: bool
     ) -> None:
-        self._ev = evaluator
-        self._aggs = evaluator.aggregates
-        self._add = self._aggs.add
-        self._new_state = self._aggs.new_state
+        self.ev = evaluator
+        self.aggs = evaluator.aggregates
+        self._add = self.aggs.add
+        self._new_state = self.aggs.new_state
         self._keys = evaluator.keys
-        self._slide = slide
-        self._size = size
+        self.slide = slide
+        self.size = size
         self._retention = retention
-        self._early = early
+        self.early = early
         # final Hop rules keep a pane until the boundary where it leaves (its keys' cached
         # results change there); Tumble windows share no pane, early rules cache nothing
-        self._keep = retention if early or slide == size else max(slide, retention)
+        self.keep = retention if early or slide == size else max(slide, retention)
         self._panes: dict[int, _Pane] = {}
-        self._starts: list[int] = []  # pane starts, ascending
-        self._by_key: dict[Hashable, dict[int, State]] = {}  # key -> its pane states by start
-        self._next_end: int | None = None  # smallest boundary not processed yet
-        self._fired: dict[int, set[Hashable]] = {}  # early: window start -> keys that fired
+        self.starts: list[int] = []  # pane starts, ascending
+        self.by_key: dict[Hashable, dict[int, State]] = {}  # key -> its pane states by start
+        self.next_end: int | None = None  # smallest boundary not processed yet
+        self.fired: dict[int, set[Hashable]] = {}  # early: window start -> keys that fired
         self._hot: dict[Hashable, _Hot] = {}  # final: keys whose current window passes HAVING
         self._stale: dict[Hashable, None] = {}  # final: keys whose open windows a late event hit
 
@@ -82,31 +82,31 @@ class PaneEngine:
         late: bool,
         out: list[WindowResult],
     ) -> None:
-        start = event_time - event_time % self._slide
-        mine = self._by_key.get(key)
+        start = event_time - event_time % self.slide
+        mine = self.by_key.get(key)
         if mine is None:
-            mine = self._by_key[key] = {}
+            mine = self.by_key[key] = {}
         state = mine.get(start)
         if state is None:
             pane = self._panes.get(start)
             if pane is None:
                 pane = self._panes[start] = _Pane(rs)
-                insort(self._starts, start)
+                insort(self.starts, start)
             state = mine[start] = pane.keys[key] = self._new_state(event_time)
         self._add(state, doc, event_time, seq)
-        if self._early and not late:
+        if self.early and not late:
             # Every window of an on-time event is open; if the key fired in all of them,
             # nothing can fire now: skip the evaluation (most events of an early rule).
-            fired = self._fired
-            window = start - self._size + self._slide
+            fired = self.fired
+            window = start - self.size + self.slide
             while window <= start:
                 keys = fired.get(window)
                 if keys is None or key not in keys:
                     break
-                window += self._slide
+                window += self.slide
             else:
                 return
-        if self._early or late:
+        if self.early or late:
             self._event_results(key, start, event_time, position, identity, watermark, late, out)
 
     def _event_results(
@@ -122,11 +122,11 @@ class PaneEngine:
     ) -> None:
         """Early results of the open windows and corrections of the closed windows the event
         is in, in window order. Windows with the same panes of this key share one evaluation."""
-        slide, size = self._slide, self._size
+        slide, size = self.slide, self.size
         first = pane_start - size + slide
         last = pane_start + size  # the key's panes in [first, last) share a window with it
         near = sorted(
-            ((q, state) for q, state in self._by_key[key].items() if first <= q < last),
+            ((q, state) for q, state in self.by_key[key].items() if first <= q < last),
             key=_SORT_KEY,
         )
         starts = [start for start, _ in near]
@@ -134,8 +134,8 @@ class PaneEngine:
         output = self._keys.output(key)
         evaluated: tuple[int, int] | None = None
         values: dict[str, Any] | None = None
-        if self._early and len(states) == 1:  # every window holds just this pane: one check
-            values = self._ev.values(output, states[0])
+        if self.early and len(states) == 1:  # every window holds just this pane: one check
+            values = self.ev.values(output, states[0])
             if values is None:
                 return
             evaluated = (0, 1)
@@ -143,22 +143,22 @@ class PaneEngine:
             end = start + size
             closed = watermark is not None and end <= watermark
             if not closed:
-                if not self._early:
+                if not self.early:
                     self._stale[key] = None  # a late event changed an open final window
                     continue
-                fired = self._fired.get(start)
+                fired = self.fired.get(start)
                 if fired is not None and key in fired:
                     continue
             span = (bisect_left(starts, start), bisect_left(starts, end))
             if span != evaluated:
                 evaluated = span
-                values = self._ev.values(output, self._aggs.combine(states[span[0] : span[1]]))
+                values = self.ev.values(output, self.aggs.combine(states[span[0] : span[1]]))
             if values is None:
                 continue
             if not closed:
-                self._fired.setdefault(start, set()).add(key)
+                self.fired.setdefault(start, set()).add(key)
             out.append(
-                self._ev.result(
+                self.ev.result(
                     output, start, end, dict(values), event_time, position, identity, closed
                 )
             )
@@ -167,17 +167,17 @@ class PaneEngine:
 
     def close_until(self, watermark: int, trigger: Pos | None, out: list[WindowResult]) -> None:
         """Process every boundary up to ``watermark``: final results, then free panes."""
-        slide, size = self._slide, self._size
+        slide, size = self.slide, self.size
         limit = watermark - watermark % slide + slide  # the first boundary after the watermark
-        end = self._next_end
+        end = self.next_end
         if end is None:
             end = limit  # first call: every window holding an event ends after the watermark
         if end > watermark:
-            self._next_end = end
-            if self._starts and self._starts[0] + size + self._keep <= watermark:
+            self.next_end = end
+            if self.starts and self.starts[0] + size + self.keep <= watermark:
                 self._free(watermark)
             return
-        starts = self._starts
+        starts = self.starts
         while end <= watermark:
             index = bisect_left(starts, end - size - slide)
             if index == len(starts):
@@ -188,17 +188,17 @@ class PaneEngine:
                 continue
             self._close_boundary(end, trigger, out)
             end += slide
-        self._next_end = end
+        self.next_end = end
         self._free(watermark)
 
     def _close_boundary(self, end: int, trigger: Pos | None, out: list[WindowResult]) -> None:
-        slide, size = self._slide, self._size
+        slide, size = self.slide, self.size
         start = end - size
-        self._fired.pop(start, None)
-        if self._early:
+        self.fired.pop(start, None)
+        if self.early:
             return
         get = self._panes.get
-        by_key = self._by_key
+        by_key = self.by_key
         hot = self._hot
         changed: dict[Hashable, Any] = {}  # keys to evaluate again (values unused)
         entering = get(end - slide)
@@ -211,7 +211,7 @@ class PaneEngine:
         if self._stale:
             changed.update(self._stale)
             self._stale = {}
-        aggs, ev, output_of = self._aggs, self._ev, self._keys.output
+        aggs, ev, output_of = self.aggs, self.ev, self._keys.output
         for key in changed:
             mine = by_key.get(key)
             states = [] if mine is None else [s for q, s in mine.items() if start <= q < end]
@@ -231,9 +231,9 @@ class PaneEngine:
             out.append(ev.result(output, start, end, dict(values), event_time, trigger, None))
 
     def _free(self, watermark: int) -> None:
-        starts, horizon = self._starts, watermark - self._size - self._keep
+        starts, horizon = self.starts, watermark - self.size - self.keep
         count = 0
-        by_key = self._by_key
+        by_key = self.by_key
         while count < len(starts) and starts[count] <= horizon:
             start = starts[count]
             for key in self._panes.pop(start).keys:
@@ -243,22 +243,22 @@ class PaneEngine:
                     del by_key[key]
             count += 1
         del starts[:count]
-        if self._fired:
-            for start in [s for s in self._fired if s + self._size <= watermark]:
-                del self._fired[start]
+        if self.fired:
+            for start in [s for s in self.fired if s + self.size <= watermark]:
+                del self.fired[start]
 
     # -- bookkeeping -------------------------------------------------------------------------
 
     def release_watermark(self) -> int | None:
-        if not self._starts:
+        if not self.starts:
             return None
-        return self._starts[-1] + self._size + self._retention
+        return self.starts[-1] + self.size + self._retention
 
     def drop_all(self) -> None:
         self._panes.clear()
-        self._starts.clear()
-        self._by_key.clear()
-        self._fired.clear()
+        self.starts.clear()
+        self.by_key.clear()
+        self.fired.clear()
         self._hot.clear()
         self._stale.clear()
 
@@ -266,4 +266,4 @@ class PaneEngine:
         return min((pane.rs for pane in self._panes.values()), default=None)
 
     def state_size(self) -> tuple[int, int]:
-        return len(self._by_key), sum(len(mine) for mine in self._by_key.values())
+        return len(self.by_key), sum(len(mine) for mine in self.by_key.values())

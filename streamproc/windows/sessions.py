@@ -48,14 +48,14 @@ class SessionEngine:
     """Session windows of one rule over one shard (see the module docstring)."""
 
     def __init__(self, evaluator: Evaluator, gap: int, retention: int, early: bool) -> None:
-        self._ev = evaluator
-        self._aggs = evaluator.aggregates
+        self.ev = evaluator
+        self.aggs = evaluator.aggregates
         self._keys = evaluator.keys
-        self._gap = gap
+        self.gap = gap
         self._retention = retention
-        self._early = early
-        self._by_key: dict[Hashable, list[_Session]] = {}  # sorted by start
-        self._heap: list[tuple[int, int, _Session]] = []
+        self.early = early
+        self.by_key: dict[Hashable, list[_Session]] = {}  # sorted by start
+        self.heap: list[tuple[int, int, _Session]] = []
         self._order = itertools.count()  # heap tie-breaker: sessions never compare
 
     def add(
@@ -71,10 +71,10 @@ class SessionEngine:
         late: bool,
         out: list[WindowResult],
     ) -> None:
-        gap = self._gap
-        sessions = self._by_key.get(key)
+        gap = self.gap
+        sessions = self.by_key.get(key)
         if sessions is None:
-            sessions = self._by_key[key] = []
+            sessions = self.by_key[key] = []
             joined: list[_Session] = []
         elif len(sessions) == 1:
             only = sessions[0]
@@ -83,33 +83,33 @@ class SessionEngine:
         else:
             joined = [s for s in sessions if s.start - gap < event_time < s.state[TIME] + gap]
         if not joined:
-            session = _Session(key, event_time, self._aggs.new_state(event_time), rs)
+            session = _Session(key, event_time, self.aggs.new_state(event_time), rs)
             session.closed = True  # "was closed": a new session has no open window yet
             insort(sessions, session, key=_BY_START)
         else:
             session = joined[0]  # the earliest: it keeps its identity
             for other in joined[1:]:
-                self._aggs.merge(session.state, other.state)
+                self.aggs.merge(session.state, other.state)
                 session.emitted = session.emitted or other.emitted
                 session.rs = min(session.rs, other.rs)
                 other.dead = True
                 sessions.remove(other)
             if event_time < session.start:
                 session.start = event_time
-        self._aggs.add(session.state, doc, event_time, seq)
+        self.aggs.add(session.state, doc, event_time, seq)
         end = session.state[TIME] + gap
         if watermark is not None and end <= watermark:  # only a late event gets here
             session.closed = True
-            self._schedule(session, end + self._retention)
-            self._emit_now(session, end, event_time, position, identity, True, out)
+            self.schedule(session, end + self._retention)
+            self.emit_now(session, end, event_time, position, identity, True, out)
             return
         session.closed = False
         if session.due is None or end < session.due:  # _schedule, inline: rarely needed
-            self._schedule(session, end)
-        if self._early and not session.emitted:
-            self._emit_now(session, end, event_time, position, identity, False, out)
+            self.schedule(session, end)
+        if self.early and not session.emitted:
+            self.emit_now(session, end, event_time, position, identity, False, out)
 
-    def _emit_now(
+    def emit_now(
         self,
         session: _Session,
         end: int,
@@ -120,25 +120,25 @@ class SessionEngine:
         out: list[WindowResult],
     ) -> None:
         output = self._keys.output(session.key)
-        values = self._ev.values(output, session.state)
+        values = self.ev.values(output, session.state)
         if values is not None:
             session.emitted = True
             out.append(
-                self._ev.result(
+                self.ev.result(
                     output, session.start, end, values, event_time, position, identity, correction
                 )
             )
 
-    def _schedule(self, session: _Session, due: int) -> None:
+    def schedule(self, session: _Session, due: int) -> None:
         if session.due is None or due < session.due:
             session.due = due
-            heapq.heappush(self._heap, (due, next(self._order), session))
+            heapq.heappush(self.heap, (due, next(self._order), session))
 
     def close_until(self, watermark: int, trigger: Pos | None, out: list[WindowResult]) -> None:
-        heap = self._heap
+        heap = self.heap
         if not heap or heap[0][0] > watermark:
             return
-        gap, retention = self._gap, self._retention
+        gap, retention = self.gap, self._retention
         closing: list[tuple[tuple[int, str, int], WindowResult]] = []
         while heap and heap[0][0] <= watermark:
             due, _, session = heapq.heappop(heap)
@@ -148,13 +148,13 @@ class SessionEngine:
             end = session.state[TIME] + gap
             if not session.closed:
                 if end > watermark:
-                    self._schedule(session, end)  # extended since the entry was pushed
+                    self.schedule(session, end)  # extended since the entry was pushed
                     continue
                 session.closed = True
-                if not self._early:
+                if not self.early:
                     self._close(session, end, trigger, closing)
             if end + retention > watermark:
-                self._schedule(session, end + retention)
+                self.schedule(session, end + retention)
                 continue
             self._drop(session)
         closing.sort(key=_SORT_KEY)
@@ -168,10 +168,10 @@ class SessionEngine:
         closing: list[tuple[tuple[int, str, int], WindowResult]],
     ) -> None:
         output = self._keys.output(session.key)
-        values = self._ev.values(output, session.state)
+        values = self.ev.values(output, session.state)
         if values is None:
             return
-        result = self._ev.result(
+        result = self.ev.result(
             output,
             session.start,
             end,
@@ -186,24 +186,24 @@ class SessionEngine:
 
     def _drop(self, session: _Session) -> None:
         session.dead = True
-        sessions = self._by_key[session.key]
+        sessions = self.by_key[session.key]
         sessions.remove(session)
         if not sessions:
-            del self._by_key[session.key]
+            del self.by_key[session.key]
 
     def release_watermark(self) -> int | None:
-        ends = [s.state[TIME] for sessions in self._by_key.values() for s in sessions]
-        return max(ends) + self._gap + self._retention if ends else None
+        ends = [s.state[TIME] for sessions in self.by_key.values() for s in sessions]
+        return max(ends) + self.gap + self._retention if ends else None
 
     def drop_all(self) -> None:
-        for sessions in self._by_key.values():
+        for sessions in self.by_key.values():
             for session in sessions:
                 session.dead = True
-        self._by_key.clear()
-        self._heap.clear()
+        self.by_key.clear()
+        self.heap.clear()
 
     def oldest_rs(self) -> Pos | None:
-        return min((s.rs for ss in self._by_key.values() for s in ss), default=None)
+        return min((s.rs for ss in self.by_key.values() for s in ss), default=None)
 
     def state_size(self) -> tuple[int, int]:
-        return len(self._by_key), sum(len(sessions) for sessions in self._by_key.values())
+        return len(self.by_key), sum(len(sessions) for sessions in self.by_key.values())
