@@ -46,10 +46,14 @@ class WindowSet:
             None if r.time_field is None else field_getter(r.time_field) for r in self.rules
         ]
         self._sinks = [r.sinks or default_sinks for r in self.rules]
+        # Rules reading the same time field share its parse: each rule has the slot of its
+        # field (first appearance order), and a record's time is read once per run of a slot.
+        slots: dict[str | None, int] = {}
         self._plan = [
             (
                 index,
                 rule,
+                slots.setdefault(rule.time_field, len(slots)),
                 None if rule.time_field is None or "." in rule.time_field else rule.time_field,
                 getter,
                 operator.handle,
@@ -82,19 +86,31 @@ class WindowSet:
         """
         arrival = record.arrival_ms
         limit = arrival + self.max_skew_ms if self.max_skew_ms is not None and arrival else None
-        for index, rule, name, getter, on_event in self._plan:
+        read = -1  # the slot whose time event_ms (or error) holds
+        event_ms = 0
+        error: str | None = None
+        for index, rule, slot, name, getter, on_event in self._plan:
+            if slot != read:
+                read = slot
+                error = None
+                try:
+                    if getter is None:
+                        event_ms = arrival
+                    else:  # a top-level field is read directly; the getter says why one is missing
+                        value = None if name is None else doc.get(name)
+                        event_ms = parse_event_time(getter(doc) if value is None else value)
+                    if limit is not None and event_ms > limit:
+                        raise RecordError(
+                            f"event time {format_event_time(event_ms)} is more than "
+                            f"{self.max_skew_ms // 1000} s ahead of the record's arrival time "  # type: ignore[operator]
+                            f"{format_event_time(arrival)}"
+                        )
+                except RecordError as exc:
+                    error = exc.reason
+            if error is not None:
+                rejected.append((rule.name, f"{error} (rule {rule.name!r})"))
+                continue
             try:
-                if getter is None:
-                    event_ms = arrival
-                else:  # a top-level field is read directly; the getter says why one is missing
-                    value = None if name is None else doc.get(name)
-                    event_ms = parse_event_time(getter(doc) if value is None else value)
-                if limit is not None and event_ms > limit:
-                    raise RecordError(
-                        f"event time {format_event_time(event_ms)} is more than "
-                        f"{self.max_skew_ms // 1000} s ahead of the record's arrival time "  # type: ignore[operator]
-                        f"{format_event_time(arrival)}"
-                    )
                 results = on_event(doc, event_ms, position, identity)
             except LateEvent as exc:
                 if alerts is not None:  # not while restoring: it was counted the first time
