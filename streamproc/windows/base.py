@@ -78,6 +78,7 @@ class _BoolKey:
 
 
 _TRUE, _FALSE = _BoolKey(True), _BoolKey(False)
+_VERDICTS_KEPT = 4096
 
 
 class KeyReader:
@@ -169,6 +170,7 @@ class Evaluator:
         "_having",
         "_scope_names",
         "_select",
+        "_verdicts",
         "aggregates",
         "having_ignores_key",
         "keys",
@@ -194,6 +196,13 @@ class Evaluator:
         self.having_ignores_key = rule.having is None or (
             rule.having_reads is not None and not rule.having_reads & set(rule.group_by)
         )
+        # HAVING's verdict per tuple of counts, for rules whose aggregates are all counts (whole
+        # numbers) and whose HAVING reads nothing else: an early rule checks it after every
+        # event, and most checks repeat a verdict already known. Bounded: cleared when full.
+        counts_only = all(a.function in ("count", "count_distinct") for a in rule.aggregates)
+        self._verdicts: dict[tuple[Any, ...], bool] | None = (
+            {} if rule.having is not None and counts_only and self.having_ignores_key else None
+        )
         known = {*rule.group_by, *(a.alias for a in rule.aggregates)}
         known.update(a.name for a in rule.aggregates)
         if unknown := [column for column in rule.select if column not in known]:
@@ -206,8 +215,21 @@ class Evaluator:
     def values(self, key: tuple[Any, ...], state: State) -> dict[str, Any] | None:
         """The selected values if HAVING holds for ``state`` of ``key`` (output form), else None."""
         finished = self._finish(state)
+        verdicts = self._verdicts
+        if verdicts is not None:
+            counts = tuple(finished)
+            known = verdicts.get(counts)
+            if known is False:
+                return None
         scope = dict(zip(self._scope_names, (*key, *finished, *finished)))  # noqa: B905
-        if self._having is not None and not self._having(scope):
+        if verdicts is not None:
+            if known is None:  # (verdicts are kept only for rules with a HAVING)
+                if len(verdicts) >= _VERDICTS_KEPT:
+                    verdicts.clear()
+                known = verdicts[counts] = bool(self._having(scope))  # type: ignore[misc]
+                if not known:
+                    return None
+        elif self._having is not None and not self._having(scope):
             return None
         return {column: scope[column] for column in self._select}
 
