@@ -139,10 +139,11 @@ class WindowOperator:
 
     def _sliding_count_handler(self, engine: SlidingEngine) -> Handler:
         """:meth:`on_event` for the common case of a count-only sliding rule without WHERE: an
-        event at or after every earlier one, of a key whose items are in time order and need no
-        pruning. The same state changes as the general path in a third of the steps, with the
-        rule's constants bound in a closure; any other event takes the general path
-        (``tests/unit/test_windows_properties.py`` checks both against a brute-force model)."""
+        event at or after every earlier one, of a key whose items are in time order (items out
+        of reach are dropped here too). The same state changes as the general path in a third of
+        the steps, with the rule's constants bound in a closure; any other event takes the
+        general path (``tests/unit/test_windows_properties.py`` checks both against a
+        brute-force model)."""
         general = self.on_event
         by_key = engine.by_key
         reach = engine.reach
@@ -182,14 +183,22 @@ class WindowOperator:
                 items = state.by_time
                 if state.due is None or state.by_arrival is not None or not items:
                     return general(doc, event_time_ms, position, identity)
-                oldest = items[0][0]
-                if oldest <= watermark - reach:  # needs pruning
-                    return general(doc, event_time_ms, position, identity)
                 # From here on exactly what the general path does for such an event.
                 self._seq = seq = self._seq + 1
                 self._max_time = event_time_ms
                 self._record_setter = position
-                items.append((event_time_ms, seq, position, ()))
+                item = (event_time_ms, seq, position, ())
+                oldest = items[0][0]
+                horizon = watermark - reach
+                if oldest <= horizon:  # items out of every future window's reach: drop them
+                    del items[: bisect_right(items, horizon, key=_TIME)]
+                    if not items:
+                        state.previous = False  # nothing within reach: the key starts afresh
+                    items.append(item)
+                    state.basis = items[0][2]  # replay from the oldest item still held
+                    oldest = items[0][0]
+                else:
+                    items.append(item)
                 since = event_time_ms - range_ms  # the window is (since, event time]
                 if oldest > since:  # every item is in it
                     count = len(items)
