@@ -8,16 +8,17 @@ back as a :class:`DeadLetter` with the reason, and the records around it are pro
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from streamproc.errors import MissingFieldError
+from streamproc.errors import MissingFieldError, RuleCompileError
 from streamproc.interfaces import RestorePoint
 from streamproc.records import Alert, DeadLetter, Pos, Position, Record, make_alert_id
-from streamproc.ruleset import RuleSet
+from streamproc.ruleset import Condition, Rule, RuleSet
+from streamproc.sql import compile_condition, fuse_conditions
 from streamproc.stateful import StateItem
 from streamproc.windowing import WindowSet
 
@@ -127,6 +128,8 @@ class ShardProcessor:
             for index, r in enumerate(ruleset.rules)
         ]
         self.condition_names = frozenset(r.name for r in ruleset.rules)
+        # Every SQL condition in one generated function (None: fewer than two, or a Python one).
+        self._fused = _fused_conditions(ruleset.rules)
         self.windows = WindowSet(
             ruleset.window_rules,
             self.default_sinks,
@@ -174,6 +177,7 @@ class ShardProcessor:
         well-formed record takes the inline decode, and each record's position is made once.
         """
         plan = self._plan
+        fused = self._fused
         result = ProcessResult(matches=[0] * len(plan))
         alerts = result.alerts
         dead = result.dead_letters
@@ -215,7 +219,15 @@ class ShardProcessor:
                     undecodable += 1
                     continue
             identity = None
-            for index, rule, condition, sinks in plan:
+            todo: Sequence[tuple[int, Rule, Condition, tuple[str, ...]]] = plan
+            if fused is not None:
+                try:
+                    hits: tuple[int, ...] | None = fused(doc)
+                except Exception:  # a rule would refuse it: the loop below says which and why
+                    hits = None
+                if hits is not None:  # only the rules that match (their condition runs again)
+                    todo = [plan[index] for index in hits] if hits else ()
+            for index, rule, condition, sinks in todo:
                 try:
                     if not condition(doc):
                         continue
@@ -355,6 +367,27 @@ class ShardProcessor:
     def restoring(self) -> bool:
         """Records an earlier run processed are being replayed to rebuild state."""
         return self._restore_until is not None
+
+
+def _fused_conditions(
+    rules: Sequence[Rule],
+) -> Callable[[Mapping[str, Any]], tuple[int, ...]] | None:
+    """:func:`~streamproc.sql.fuse_conditions` over the rules' SQL conditions, if every rule has
+    one (each is compiled again and must be the code the rule holds) and there are two or more."""
+    if len(rules) < 2:
+        return None
+    compiled = []
+    for rule in rules:
+        if rule.condition_text is None:
+            return None  # a Python predicate: the rules are called one by one
+        try:
+            condition = compile_condition(rule.condition_text)
+        except RuleCompileError:
+            return None
+        if getattr(rule.condition, "__code__", None) != condition.fn.__code__:
+            return None
+        compiled.append(condition)
+    return fuse_conditions(compiled)
 
 
 def _identity(doc: Mapping[str, Any], identity_field: str, record: Record) -> str:

@@ -36,10 +36,11 @@ Semantics (the contract; tests/unit/test_sql.py checks it against a reference ev
 from __future__ import annotations
 
 import ast
+import copy
 import re
 import types
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import sqlglot
@@ -59,7 +60,7 @@ from streamproc.sql_runtime import (
     sql_in,
 )
 
-__all__ = ["CompiledCondition", "compile_condition", "field_getter"]
+__all__ = ["CompiledCondition", "compile_condition", "field_getter", "fuse_conditions"]
 
 Predicate = Callable[[Mapping[str, Any]], bool]
 
@@ -74,6 +75,8 @@ class CompiledCondition:
     fn: Predicate
     fields: frozenset[str]
     python_source: str = ""
+    # The condition as a Python expression over ``r`` (what ``fn`` returns): for fuse_conditions.
+    tree: ast.expr | None = field(default=None, compare=False, repr=False)
 
 
 # -- compiler: sqlglot tree -> Python ast --------------------------------------------------------
@@ -591,4 +594,70 @@ def compile_condition(
     # the ast above, out of allow-listed sqlglot nodes; user text is only in constants.
     (function_code,) = (c for c in code.co_consts if isinstance(c, types.CodeType))
     condition = types.FunctionType(function_code, namespace, "_condition")
-    return CompiledCondition(text, condition, frozenset(compiler.fields), python_source)
+    fields = frozenset(compiler.fields)
+    return CompiledCondition(text, condition, fields, python_source, returned.value)
+
+
+_FUSED_TEMPLATE = """
+def _conditions(r):
+    _hits = ()
+    return _hits
+"""
+_HIT_TEMPLATE = """
+if _condition:
+    _hits += (_index,)
+"""
+_LOCAL = re.compile(r"_[kt][0-9]+")  # a compiler's constants (_k) and temporaries (_t)
+
+
+class _Rename(ast.NodeTransformer):
+    """Gives one condition's constants and temporaries names of their own: ``_k0`` -> ``_c3_k0``."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        if _LOCAL.fullmatch(node.id):
+            node.id = self.prefix + node.id
+        return node
+
+
+def fuse_conditions(
+    conditions: list[CompiledCondition],
+) -> Callable[[Mapping[str, Any]], tuple[int, ...]]:
+    """One function evaluating every condition on a record: the indices of those that are TRUE.
+
+    Cheaper than calling each predicate in turn (one call, no per-rule loop). It does not catch
+    anything: when a condition would raise (a missing field, a type error), the fused function
+    raises and the caller evaluates the predicates one by one, which say which rule and why.
+    The code is the conditions' own generated expressions (see :func:`compile_condition`), each
+    with its constants and temporaries renamed apart, bound to the union of their namespaces.
+    """
+    module = ast.parse(_FUSED_TEMPLATE)  # our constant templates, never user text
+    function = module.body[0]
+    assert isinstance(function, ast.FunctionDef)
+    namespace: dict[str, Any] = {}
+    steps: list[ast.stmt] = []
+    for index, condition in enumerate(conditions):
+        if condition.tree is None:
+            raise ValueError(f"condition {condition.text!r} has no expression to fuse")
+        prefix = f"_c{index}"
+        for name, value in condition.fn.__globals__.items():
+            if _LOCAL.fullmatch(name):
+                namespace[prefix + name] = value
+            # the runtime helpers: the same objects in every condition
+            elif name != "_FIELDS" and namespace.setdefault(name, value) is not value:
+                raise ValueError(f"conditions disagree on the helper {name!r}")
+        (step,) = ast.parse(_HIT_TEMPLATE).body
+        assert isinstance(step, ast.If)
+        step.test = _Rename(prefix).visit(copy.deepcopy(condition.tree))
+        hit = step.body[0]
+        assert isinstance(hit, ast.AugAssign) and isinstance(hit.value, ast.Tuple)
+        hit.value.elts = [A.const(index)]
+        steps.append(step)
+    function.body[1:1] = steps
+    ast.fix_missing_locations(module)
+    code = compile(module, "<conditions>", "exec", dont_inherit=True)
+    # As for one condition: nothing is executed, the code object is bound to the namespace.
+    (function_code,) = (c for c in code.co_consts if isinstance(c, types.CodeType))
+    return types.FunctionType(function_code, namespace, "_conditions")

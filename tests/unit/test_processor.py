@@ -98,6 +98,45 @@ def test_bad_records_become_dead_letters_and_good_ones_around_them_flow() -> Non
         assert letter.data == batch[int(letter.sequence_number) - 1].data
 
 
+def test_sql_rules_run_as_one_function_and_a_missing_field_refuses_for_its_rule_only() -> None:
+    """Two or more SQL conditions are evaluated by one fused function; when a record lacks a
+    field one of them needs, the rules are called one by one: that rule dead-letters the record
+    (naming the field and the rule) and the others still match, in rule order."""
+    rounded = rule(name="rounded", condition="amount % 100 = 0", select=["tx_id"])
+    foreign = rule(name="foreign", condition="currency <> 'USD'", select=["tx_id"])
+    processor = ShardProcessor(RuleSet((HIGH, rounded, foreign)))
+    assert processor._fused is not None
+    result = processor.process(
+        [
+            record(tx(tx_id="a", currency="EUR"), 1),
+            record(tx(tx_id="b", amount=2501, currency="USD"), 2),
+            record(tx(tx_id="c"), 3),  # no currency
+            record(tx(tx_id="d", amount=5, currency="USD"), 4),
+        ]
+    )
+    assert [(a.rule, a.fields["tx_id"]) for a in result.alerts] == [
+        ("high_value_out_of_state", "a"),
+        ("rounded", "a"),
+        ("foreign", "a"),
+        ("high_value_out_of_state", "b"),
+        ("high_value_out_of_state", "c"),
+        ("rounded", "c"),
+    ]
+    (letter,) = result.dead_letters
+    assert (letter.sequence_number, letter.rule) == ("3", "foreign")
+    assert "missing field 'currency'" in letter.reason
+    assert result.matches == [3, 2, 1]
+
+
+def test_a_python_rule_among_sql_rules_keeps_one_call_per_rule() -> None:
+    @predicate_rule(name="always", version=1)
+    def always(doc: Any) -> bool:
+        return True
+
+    assert ShardProcessor(RuleSet((HIGH, always)))._fused is None
+    assert ShardProcessor(RuleSet((HIGH,)))._fused is None  # one rule: nothing to fuse
+
+
 @pytest.mark.parametrize(
     ("raw", "refused"),
     [
