@@ -10,9 +10,11 @@ import math
 from typing import Any
 
 import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamproc.errors import TransportError
-from streamproc.inventory import DETAIL_TYPE, SOURCE, inventory_rule
+from streamproc.inventory import _CHUNK, DETAIL_TYPE, SOURCE, _History, inventory_rule
 from streamproc.processor import ShardProcessor
 from streamproc.records import Record
 from streamproc.ruleset import RuleSet
@@ -235,3 +237,28 @@ def test_a_throttled_state_load_delays_the_shard_instead_of_stopping_the_service
         runtime.run_once()
     assert store.failures == 0 and runtime.totals.shards_active == 1
     assert len(sink.delivered) == 2
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    count=st.integers(0, 3 * _CHUNK + 5),
+    cuts=st.lists(st.integers(-1, 3 * _CHUNK + 6), max_size=4),
+)
+def test_the_history_keeps_record_order_across_chunks_and_drops_from_the_front(
+    count: int, cuts: list[int]
+) -> None:
+    """The per-record history is stored in chunks; it must read back like one list, and
+    dropping through a position must drop exactly the entries at or before it."""
+    history = _History()
+    model = []
+    for n in range(count):
+        entry = (("store", f"p{n}"), (n, 0), (float(n), True, 0.0, None))
+        history.append(entry)
+        model.append(entry)
+    for cut in sorted(cuts):
+        history.drop_through((cut, 0))
+        model = [entry for entry in model if entry[1] > (cut, 0)]
+        assert list(history.entries()) == model
+    extra = (("store", "late"), (10**6, 0), (1.0, False, 0.0, None))
+    history.append(extra)
+    assert list(history.entries()) == [*model, extra]
