@@ -399,7 +399,10 @@ class WindowOperator:
         out: list[WindowResult] = []
         if release is not None and (self._watermark is None or release > self._watermark):
             self._watermark = release
-            self._engine.close_until(release, None, out)
+            # Sliding results fire on events only: closing would just forget every key one by
+            # one (a heap pop each), which drop_all does at once.
+            if not isinstance(self._engine, SlidingEngine):
+                self._engine.close_until(release, None, out)
         self._engine.drop_all()
         return out
 
