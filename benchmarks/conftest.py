@@ -33,7 +33,12 @@ def records() -> list[Record]:
 
 @pytest.fixture(scope="session")
 def batches(records: list[Record]) -> list[list[Record]]:
-    return list(dataset.batches(records, BATCH))
+    items = list(dataset.batches(records, BATCH))
+    # The batch lists too: a thousand lists holding a million references would otherwise be
+    # visited by every full collection, which the code under test would pay for.
+    gc.collect()
+    gc.freeze()
+    return items
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
