@@ -218,7 +218,10 @@ class _InventoryState(ShardState):
         elif not armed and quantity > threshold + rule.hysteresis:
             armed = True
         self._stock[key] = stock = (quantity, armed, rate, rate_ms)
-        self._history.append((key, position, stock))
+        recent = self._history.recent  # _History.append, inline
+        recent.append((key, position, stock))
+        if len(recent) >= _CHUNK:
+            self._history.seal()
         if rule.stock_sink is not None and not restoring:
             self._alerts.append(self._stock_update(record, identity, store, product, delta))
         return None
@@ -350,23 +353,29 @@ class _History:
     collection.
     """
 
-    __slots__ = ("_chunks", "_recent")
+    __slots__ = ("_chunks", "recent")
 
     def __init__(self) -> None:
         self._chunks: list[tuple[_Entry, ...]] = []
-        self._recent: list[_Entry] = []
+        #: The chunk being filled: append to it, then :meth:`seal` it once it holds ``_CHUNK``
+        #: entries (the caller does both inline: one list append per record).
+        self.recent: list[_Entry] = []
 
     def append(self, entry: _Entry) -> None:
-        recent = self._recent
+        recent = self.recent
         recent.append(entry)
         if len(recent) >= _CHUNK:
-            self._chunks.append(tuple(recent))
-            recent.clear()
+            self.seal()
+
+    def seal(self) -> None:
+        """Store the entries being collected as a full chunk."""
+        self._chunks.append(tuple(self.recent))
+        self.recent.clear()
 
     def entries(self) -> Iterator[_Entry]:
         for chunk in self._chunks:
             yield from chunk
-        yield from self._recent
+        yield from self.recent
 
     def drop_through(self, through: Pos) -> None:
         """Drop the entries at or before ``through``."""
@@ -378,7 +387,7 @@ class _History:
             if cut:
                 chunks[0] = first[cut:]
         else:
-            recent = self._recent
+            recent = self.recent
             del recent[: bisect_right(recent, through, key=_POSITION)]
 
 
