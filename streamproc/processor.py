@@ -8,17 +8,16 @@ back as a :class:`DeadLetter` with the reason, and the records around it are pro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from streamproc.errors import MissingFieldError, RuleCompileError
+from streamproc.errors import MissingFieldError
 from streamproc.interfaces import RestorePoint
 from streamproc.records import Alert, DeadLetter, Pos, Position, Record, make_alert_id
 from streamproc.ruleset import Condition, Rule, RuleSet
-from streamproc.sql import compile_condition, fuse_conditions
 from streamproc.stateful import StateItem
 from streamproc.windowing import WindowSet
 
@@ -129,7 +128,7 @@ class ShardProcessor:
         ]
         self.condition_names = frozenset(r.name for r in ruleset.rules)
         # Every SQL condition in one generated function (None: fewer than two, or a Python one).
-        self._fused = _fused_conditions(ruleset.rules)
+        self._fused = ruleset.fused_conditions()
         self.windows = WindowSet(
             ruleset.window_rules,
             self.default_sinks,
@@ -367,27 +366,6 @@ class ShardProcessor:
     def restoring(self) -> bool:
         """Records an earlier run processed are being replayed to rebuild state."""
         return self._restore_until is not None
-
-
-def _fused_conditions(
-    rules: Sequence[Rule],
-) -> Callable[[Mapping[str, Any]], tuple[int, ...]] | None:
-    """:func:`~streamproc.sql.fuse_conditions` over the rules' SQL conditions, if every rule has
-    one (each is compiled again and must be the code the rule holds) and there are two or more."""
-    if len(rules) < 2:
-        return None
-    compiled = []
-    for rule in rules:
-        if rule.condition_text is None:
-            return None  # a Python predicate: the rules are called one by one
-        try:
-            condition = compile_condition(rule.condition_text)
-        except RuleCompileError:
-            return None
-        if getattr(rule.condition, "__code__", None) != condition.fn.__code__:
-            return None
-        compiled.append(condition)
-    return fuse_conditions(compiled)
 
 
 def _identity(doc: Mapping[str, Any], identity_field: str, record: Record) -> str:

@@ -45,7 +45,7 @@ import orjson
 
 from streamproc.errors import MissingFieldError, RuleCompileError
 from streamproc.records import SEVERITIES, Severity
-from streamproc.sql import compile_condition, field_getter
+from streamproc.sql import FusedConditions, compile_condition, field_getter, fuse_conditions
 from streamproc.stateful import StatefulRuleSpec
 from streamproc.windowspec import EmitMode, LatePolicy, WindowRule
 from streamproc.windowsql import compile_window_sql
@@ -149,6 +149,9 @@ class RuleSet:
     _by_name: dict[str, Rule | WindowRule | StatefulRuleSpec] = field(
         init=False, repr=False, compare=False
     )
+    _fused: list[FusedConditions | None] = field(
+        default_factory=list, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         by_name: dict[str, Rule | WindowRule | StatefulRuleSpec] = {}
@@ -179,6 +182,14 @@ class RuleSet:
 
     def __iter__(self) -> Iterator[Rule]:
         return iter(self.rules)
+
+    def fused_conditions(self) -> FusedConditions | None:
+        """Every condition in one generated function (:func:`streamproc.sql.fuse_conditions`),
+        made once per rule set; None with fewer than two rules or a Python predicate among them
+        (each rule's text is compiled again and must give the code the rule holds)."""
+        if not self._fused:
+            self._fused.append(_fuse(self.rules))
+        return self._fused[0]
 
     def by_name(self, name: str) -> Rule:
         """The condition rule called ``name``; KeyError if there is none."""
@@ -475,6 +486,23 @@ def _key_text(value: Any) -> str | None:
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:  # orjson.JSONEncodeError is a TypeError: e.g. ints beyond 64 bits
         return str(value)
+
+
+def _fuse(rules: tuple[Rule, ...]) -> FusedConditions | None:
+    if len(rules) < 2:
+        return None
+    compiled = []
+    for rule in rules:
+        if rule.condition_text is None:
+            return None  # a Python predicate: the rules are called one by one
+        try:
+            condition = compile_condition(rule.condition_text)
+        except RuleCompileError:
+            return None
+        if getattr(rule.condition, "__code__", None) != condition.fn.__code__:
+            return None
+        compiled.append(condition)
+    return fuse_conditions(compiled)
 
 
 def _split_origin(origin: str) -> tuple[str | None, int | None]:

@@ -60,9 +60,17 @@ from streamproc.sql_runtime import (
     sql_in,
 )
 
-__all__ = ["CompiledCondition", "compile_condition", "field_getter", "fuse_conditions"]
+__all__ = [
+    "CompiledCondition",
+    "FusedConditions",
+    "compile_condition",
+    "field_getter",
+    "fuse_conditions",
+]
 
 Predicate = Callable[[Mapping[str, Any]], bool]
+# The indices of the conditions that are TRUE for a record (see fuse_conditions).
+FusedConditions = Callable[[Mapping[str, Any]], tuple[int, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,9 +630,7 @@ class _Rename(ast.NodeTransformer):
         return node
 
 
-def fuse_conditions(
-    conditions: list[CompiledCondition],
-) -> Callable[[Mapping[str, Any]], tuple[int, ...]]:
+def fuse_conditions(conditions: list[CompiledCondition]) -> FusedConditions:
     """One function evaluating every condition on a record: the indices of those that are TRUE.
 
     Cheaper than calling each predicate in turn (one call, no per-rule loop). It does not catch
