@@ -10,7 +10,7 @@ Garbage collection runs as in production, with the data set frozen out of it
 (``gc.freeze`` in conftest): a million records held in memory are the benchmark's, not the
 engine's, and would otherwise make every full collection of both sides slower. Each round starts
 from a collected heap (:func:`rounds`). Each side pays for its own state's collections (about
-2-3 us/record each on this data); the "GC off" rows compare the two codes alone.
+2 us/record each on this data); the "GC off" rows compare the two codes alone.
 """
 
 from __future__ import annotations
