@@ -45,7 +45,13 @@ import orjson
 
 from streamproc.errors import MissingFieldError, RuleCompileError
 from streamproc.records import SEVERITIES, Severity
-from streamproc.sql import FusedConditions, compile_condition, field_getter, fuse_conditions
+from streamproc.sql import (
+    CompiledCondition,
+    FusedConditions,
+    compile_condition,
+    field_getter,
+    fuse_conditions,
+)
 from streamproc.stateful import StatefulRuleSpec
 from streamproc.windowspec import EmitMode, LatePolicy, WindowRule
 from streamproc.windowsql import compile_window_sql
@@ -81,6 +87,9 @@ class Rule:
     condition_text: str | None = None
     origin: str = ""
     condition_fields: frozenset[str] | None = None
+    # What the SQL condition compiled to (None for a Python predicate): fused with the other
+    # rules' conditions by RuleSet.fused_conditions.
+    compiled: CompiledCondition | None = field(default=None, repr=False, compare=False)
     _selectors: tuple[tuple[str, Getter], ...] = field(init=False, repr=False, compare=False)
     _key_getter: Getter | None = field(init=False, repr=False, compare=False)
 
@@ -185,8 +194,7 @@ class RuleSet:
 
     def fused_conditions(self) -> FusedConditions | None:
         """Every condition in one generated function (:func:`streamproc.sql.fuse_conditions`),
-        made once per rule set; None with fewer than two rules or a Python predicate among them
-        (each rule's text is compiled again and must give the code the rule holds)."""
+        made once per rule set; None with fewer than two rules or a Python predicate among them."""
         if not self._fused:
             self._fused.append(_fuse(self.rules))
         return self._fused[0]
@@ -251,6 +259,7 @@ def rule(
     file, line = caller.f_code.co_filename, caller.f_lineno
     text: str | None = None
     fields: frozenset[str] | None = None
+    compiled: CompiledCondition | None = None
     if isinstance(condition, str):
         try:
             compiled = compile_condition(condition, rule=name if isinstance(name, str) else None)
@@ -268,7 +277,18 @@ def rule(
         )
     origin = f"{file}:{line}"
     return _make(
-        name, predicate, select, key, version, severity, sinks, description, origin, text, fields
+        name,
+        predicate,
+        select,
+        key,
+        version,
+        severity,
+        sinks,
+        description,
+        origin,
+        text,
+        fields,
+        compiled,
     )
 
 
@@ -448,6 +468,7 @@ def _make(
     origin: str,
     text: str | None = None,
     fields: frozenset[str] | None = None,
+    compiled: CompiledCondition | None = None,
 ) -> Rule:
     """The argument order of :func:`rule`, so declarations above stay one line each."""
     return Rule(
@@ -462,6 +483,7 @@ def _make(
         condition_text=text,
         origin=origin,
         condition_fields=fields,
+        compiled=compiled,
     )
 
 
@@ -489,20 +511,14 @@ def _key_text(value: Any) -> str | None:
 
 
 def _fuse(rules: tuple[Rule, ...]) -> FusedConditions | None:
-    if len(rules) < 2:
-        return None
-    compiled = []
-    for rule in rules:
-        if rule.condition_text is None:
-            return None  # a Python predicate: the rules are called one by one
-        try:
-            condition = compile_condition(rule.condition_text)
-        except RuleCompileError:
-            return None
-        if getattr(rule.condition, "__code__", None) != condition.fn.__code__:
-            return None
-        compiled.append(condition)
-    return fuse_conditions(compiled)
+    conditions = [
+        rule.compiled
+        for rule in rules
+        if rule.compiled is not None and rule.compiled.fn is rule.condition
+    ]
+    if len(rules) < 2 or len(conditions) < len(rules):
+        return None  # a Python predicate among them: the rules are called one by one
+    return fuse_conditions(conditions)
 
 
 def _split_origin(origin: str) -> tuple[str | None, int | None]:
