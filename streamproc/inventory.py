@@ -218,10 +218,7 @@ class _InventoryState(ShardState):
         elif not armed and quantity > threshold + rule.hysteresis:
             armed = True
         self._stock[key] = stock = (quantity, armed, rate, rate_ms)
-        recent = self._history.recent  # _History.append, inline
-        recent.append((key, position, stock))
-        if len(recent) >= _CHUNK:
-            self._history.seal()
+        self._history.append((key, position, stock))
         if rule.stock_sink is not None and not restoring:
             self._alerts.append(self._stock_update(record, identity, store, product, delta))
         return None
@@ -353,29 +350,23 @@ class _History:
     collection.
     """
 
-    __slots__ = ("_chunks", "recent")
+    __slots__ = ("_chunks", "_recent")
 
     def __init__(self) -> None:
         self._chunks: list[tuple[_Entry, ...]] = []
-        #: The chunk being filled: append to it, then :meth:`seal` it once it holds ``_CHUNK``
-        #: entries (the caller does both inline: one list append per record).
-        self.recent: list[_Entry] = []
+        self._recent: list[_Entry] = []  # the chunk being filled
 
     def append(self, entry: _Entry) -> None:
-        recent = self.recent
+        recent = self._recent
         recent.append(entry)
         if len(recent) >= _CHUNK:
-            self.seal()
-
-    def seal(self) -> None:
-        """Store the entries being collected as a full chunk."""
-        self._chunks.append(tuple(self.recent))
-        self.recent.clear()
+            self._chunks.append(tuple(recent))
+            recent.clear()
 
     def entries(self) -> Iterator[_Entry]:
         for chunk in self._chunks:
             yield from chunk
-        yield from self.recent
+        yield from self._recent
 
     def drop_through(self, through: Pos) -> None:
         """Drop the entries at or before ``through``."""
@@ -387,7 +378,7 @@ class _History:
             if cut:
                 chunks[0] = first[cut:]
         else:
-            recent = self.recent
+            recent = self._recent
             del recent[: bisect_right(recent, through, key=_POSITION)]
 
 
