@@ -7,11 +7,13 @@ and connectors, and impossible to mutate by accident after a sink has seen them.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import orjson
 
@@ -36,12 +38,47 @@ class Position(NamedTuple):
         return str(self.sequence_number)
 
 
+T = TypeVar("T")
+
 # A position as window and rule state keep it: a plain (sequence number, sub-sequence number)
 # tuple. It compares like a Position (which is one), costs less to make, and, unlike a tuple
 # subclass, the garbage collector stops tracking it: state holds one per event.
 Pos = tuple[int, int]
 
 
+def quick_init(cls: type[T]) -> type[T]:
+    """Give the frozen slots dataclass ``cls`` an ``__init__`` that sets its slots through their
+    descriptors, and return ``cls``. Apply it after ``@dataclass``.
+
+    The generated ``__init__`` of a frozen dataclass sets each field through
+    ``object.__setattr__``, about 70 ns a field: 1.3 us for an :class:`Alert`, which the hot
+    path makes for every match. This one takes half that, with the same parameters and
+    defaults, and makes the same objects, frozen as before. The source is built from the field
+    names alone.
+    """
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    if hasattr(cls, "__post_init__") or any(
+        f.default_factory is not dataclasses.MISSING or not f.init or f.kw_only for f in fields
+    ):
+        raise TypeError(f"quick_init: {cls.__name__} has fields it cannot set positionally")
+    names = [f.name for f in fields]
+    namespace: dict[str, Any] = {"__builtins__": {}}
+    namespace.update({f"set_{name}": getattr(cls, name).__set__ for name in names})
+    body = "".join(f"    set_{name}(self, {name})\n" for name in names)
+    source = f"def __init__(self, {', '.join(names)}):\n{body}"
+    code = compile(source, f"<{cls.__name__}.__init__>", "exec", dont_inherit=True)
+    # Nothing is executed: the function's code object is taken out of the compiled module.
+    (init_code,) = (c for c in code.co_consts if isinstance(c, types.CodeType))
+    defaults = tuple(f.default for f in fields if f.default is not dataclasses.MISSING)
+    init = types.FunctionType(init_code, namespace, "__init__", defaults)
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__doc__ = cls.__init__.__doc__
+    init.__annotations__ = dict(cls.__init__.__annotations__)
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
+
+
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Record:
     """One user record read from a shard (KPL aggregates are already split)."""
@@ -92,6 +129,7 @@ Severity = Literal["LOW", "MEDIUM", "HIGH", "CRITICAL"]
 SEVERITIES: tuple[Severity, ...] = ("LOW", "MEDIUM", "HIGH", "CRITICAL")
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Alert:
     """The output of a rule for one record, or of a window rule for one key and window.

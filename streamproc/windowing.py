@@ -46,6 +46,12 @@ class WindowSet:
             None if r.time_field is None else field_getter(r.time_field) for r in self.rules
         ]
         self._sinks = [r.sinks or default_sinks for r in self.rules]
+        # What add_alerts needs of each rule: name, version, severity, sinks, whether each
+        # result belongs to one event (Sliding), GROUP BY fields.
+        self._alerting = [
+            (r.name, r.version, r.severity, sinks, isinstance(r.window, Sliding), r.group_by)
+            for r, sinks in zip(self.rules, self._sinks, strict=True)
+        ]
         # Rules reading the same time field share its parse: each rule has the slot of its
         # field (first appearance order), and a record's time is read once per run of a slot.
         slots: dict[str | None, int] = {}
@@ -172,12 +178,18 @@ class WindowSet:
         """Append the alerts of ``results``. ``fallback`` is the position of results without a
         trigger; ``fallback_sequence``, if given, is its sequence number as the stream wrote it
         (results triggered at ``fallback`` then reuse the text instead of converting back)."""
-        rule = self.rules[index]
-        sinks = self._sinks[index]
-        per_event = isinstance(rule.window, Sliding)
+        name, version, severity, sinks, per_event, group_by = self._alerting[index]
+        dumps = orjson.dumps
         for result in results:
-            key_fields = dict(zip(rule.group_by, result.key, strict=True))
-            key_json = orjson.dumps(list(result.key), option=orjson.OPT_NON_STR_KEYS).decode()
+            key = result.key
+            if len(key) == 1 and key[0].__class__ is str:  # one text: the general forms below
+                key_fields: dict[str, Any] | None = {group_by[0]: key[0]}
+                key_json = dumps(key).decode()
+                key_text: str | None = key[0] or None
+            else:
+                key_fields = dict(zip(group_by, key, strict=True)) or None
+                key_json = dumps(list(key), option=orjson.OPT_NON_STR_KEYS).decode()
+                key_text = "|".join(str(v) for v in key) or None
             # Window state is per shard: a key whose records span shards (group-by fields that do
             # not determine the partition key, or a reshard) yields one partial result per
             # shard, and each must keep its own id rather than be taken for a duplicate.
@@ -189,31 +201,26 @@ class WindowSet:
             if result.correction:
                 identity += f"|correction={result.trigger_identity}"
             where = result.trigger or fallback or (0, 0)
-            key = result.key
-            if len(key) == 1 and key[0].__class__ is str:  # the join below, for one text
-                key_text: str | None = key[0] or None
-            else:
-                key_text = "|".join(str(v) for v in key) or None
             if where is fallback and fallback_sequence is not None:
                 sequence_number = fallback_sequence
             else:
                 sequence_number = str(where[0])
             alerts.append(
                 Alert(
-                    alert_id=make_alert_id(rule.name, rule.version, identity),
-                    rule=rule.name,
-                    rule_version=rule.version,
-                    severity=rule.severity,
-                    key=key_text,
-                    fields=result.values,
-                    sinks=sinks,
-                    shard_id=shard_id,
-                    sequence_number=sequence_number,
-                    sub_sequence_number=max(where[1], 0),
-                    event_time=format_event_time(result.event_time_ms),
-                    key_fields=key_fields or None,
-                    window_start=format_event_time(result.window_start_ms),
-                    window_end=format_event_time(result.window_end_ms),
-                    correction=result.correction,
+                    make_alert_id(name, version, identity),
+                    name,
+                    version,
+                    severity,
+                    key_text,
+                    result.values,
+                    sinks,
+                    shard_id,
+                    sequence_number,
+                    max(where[1], 0),
+                    format_event_time(result.event_time_ms),
+                    key_fields,
+                    format_event_time(result.window_start_ms),
+                    format_event_time(result.window_end_ms),
+                    result.correction,
                 )
             )

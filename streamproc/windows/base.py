@@ -6,12 +6,12 @@ The engines (:mod:`.panes`, :mod:`.sessions`, :mod:`.sliding`) implement :class:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from streamproc.errors import MissingFieldError, RecordError, RuleCompileError
-from streamproc.records import Pos
+from streamproc.records import Pos, quick_init
 from streamproc.sql_runtime import field_getter
 from streamproc.windows.aggregates import TIME, AggregateSet, State
 from streamproc.windows.eventtime import format_event_time
@@ -20,6 +20,7 @@ from streamproc.windowspec import WindowRule
 __all__ = ["Engine", "Evaluator", "KeyReader", "LateEvent", "WindowResult"]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class WindowResult:
     """One output of a window rule: a key's window (or, for Sliding, one event's range).
@@ -168,6 +169,7 @@ class Evaluator:
         "_finish",
         "_group_by",
         "_having",
+        "_picks",
         "_scope_names",
         "_select",
         "_verdicts",
@@ -203,24 +205,42 @@ class Evaluator:
         self._verdicts: dict[tuple[Any, ...], bool] | None = (
             {} if rule.having is not None and counts_only and self.having_ignores_key else None
         )
-        known = {*rule.group_by, *(a.alias for a in rule.aggregates)}
-        known.update(a.name for a in rule.aggregates)
-        if unknown := [column for column in rule.select if column not in known]:
+        # Where each name of HAVING's scope takes its value in (*key, *finished): GROUP BY
+        # fields, then aggregates by name and by alias (a later name wins, as in the scope).
+        index: dict[str, int] = {}
+        for position, name in enumerate(rule.group_by):
+            index[name] = position
+        for position, aggregate in enumerate(rule.aggregates, start=len(rule.group_by)):
+            index[aggregate.name] = position
+        for position, aggregate in enumerate(rule.aggregates, start=len(rule.group_by)):
+            index[aggregate.alias] = position
+        if unknown := [column for column in rule.select if column not in index]:
             raise RuleCompileError(
                 f"SELECT column {unknown[0]!r} is neither a GROUP BY field nor an aggregate",
                 rule=rule.name,
                 hint="select the GROUP BY fields and aggregates",
             )
+        #: (column, index in (*key, *finished)) of every SELECT column, in order.
+        self._picks = tuple((column, index[column]) for column in rule.select)
 
     def values(self, key: tuple[Any, ...], state: State) -> dict[str, Any] | None:
         """The selected values if HAVING holds for ``state`` of ``key`` (output form), else None."""
-        finished = self._finish(state)
+        return self.values_of(key, self._finish(state))
+
+    def values_of(self, key: tuple[Any, ...], finished: Sequence[Any]) -> dict[str, Any] | None:
+        """:meth:`values` from the aggregates' output values (``finish(state)``)."""
         verdicts = self._verdicts
         if verdicts is not None:
             counts = tuple(finished)
             known = verdicts.get(counts)
             if known is False:
                 return None
+            if known is True:  # HAVING holds: only the selected values are needed
+                row = (*key, *finished)
+                return {column: row[at] for column, at in self._picks}
+        elif self._having is None:
+            row = (*key, *finished)
+            return {column: row[at] for column, at in self._picks}
         scope = dict(zip(self._scope_names, (*key, *finished, *finished)))  # noqa: B905
         if verdicts is not None:
             if known is None:  # (verdicts are kept only for rules with a HAVING)

@@ -55,6 +55,7 @@ class SlidingEngine:
         self.range_ms = range_ms
         self._retention = retention
         self.reach = range_ms + retention  # an item is needed until watermark - reach passes it
+        self._width = len(evaluator.rule.aggregates)
         self.by_key: dict[Hashable, _KeyState] = {}
         self.heap: list[tuple[int, int, Hashable, _KeyState]] = []
         self._order = itertools.count()
@@ -138,7 +139,7 @@ class SlidingEngine:
     def count_holds(self, key: Hashable, event_time: int, count: int) -> bool:
         """HAVING's verdict for a window of ``count`` events (count-only rules), cached."""
         output = self._keys.output(key)
-        holds = self._ev.values(output, self._count_window(event_time, count)) is not None
+        holds = self._ev.values_of(output, (count,) * self._width) is not None
         if self.holds_by_count is not None:
             self.holds_by_count[count] = holds
         return holds
@@ -154,7 +155,8 @@ class SlidingEngine:
         out: list[WindowResult],
     ) -> None:
         output = self._keys.output(key)
-        values_now = self._ev.values(output, self._count_window(event_time, count))
+        # Every aggregate is COUNT(*): each one's value is the count.
+        values_now = self._ev.values_of(output, (count,) * self._width)
         if values_now is not None:
             out.append(self._result(output, event_time, values_now, position, identity, late))
 
@@ -178,12 +180,6 @@ class SlidingEngine:
             identity,
             late,
         )
-
-    def _count_window(self, event_time: int, count: int) -> list[Any]:
-        window = self._aggs.new_state(event_time)
-        for slot in range(1, len(window)):
-            window[slot] = count
-        return window
 
     @staticmethod
     def _prune(state: _KeyState, horizon: int) -> None:

@@ -4,6 +4,7 @@ lateness, flush/advance_to, replay point and memory. Properties: test_windows_pr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -424,6 +425,41 @@ def test_having_sees_names_aliases_and_group_by_fields() -> None:
     feed(1, amount=3)
     feed.operator.flush()
     assert seen == [{"card": "a", "COUNT(*)": 1, "n": 1, "SUM(amount)": 3, "total": 3}]
+
+
+AMOUNTS = Aggregate("count", "amount", "COUNT(amount)", "total")
+
+
+@pytest.mark.parametrize(
+    ("having", "reads", "total"),
+    [
+        (None, None, TOTAL),  # no HAVING: the values are picked straight away
+        # counts only: the verdict is kept per tuple of counts, and reused for the second key
+        (lambda scope: scope["COUNT(*)"] >= 1, frozenset({"COUNT(*)"}), AMOUNTS),
+        # reads the key and a sum: HAVING runs on every check
+        (lambda scope: scope["card"] != "z" and scope["total"] > 0, None, TOTAL),
+    ],
+    ids=["no having", "counts only", "key and sum"],
+)
+@pytest.mark.parametrize("window", [Tumble(10), Sliding(10)], ids=["tumble", "sliding"])
+def test_selected_values_in_select_order_on_every_having_path(
+    window: WindowKind,
+    having: Callable[[Mapping[str, Any]], bool] | None,
+    reads: frozenset[str] | None,
+    total: Aggregate,
+) -> None:
+    """Values come in SELECT order (not the scope's), an aggregate by its alias, for two keys
+    (where the rule keeps verdicts, the second key's event takes the first one's)."""
+    rule = dataclasses.replace(
+        make_rule(window, aggregates=(COUNT, total), having=having, emit="early"),
+        select=("total", "card", "n"),
+        having_reads=reads,
+    )
+    feed = Feed(rule)
+    got = [r.values for r in feed(1, "a", amount=3) + feed(2, "b", amount=4)]
+    sums = (1, 1) if total is AMOUNTS else (3, 4)
+    assert got == [{"total": sums[0], "card": "a", "n": 1}, {"total": sums[1], "card": "b", "n": 1}]
+    assert [list(values) for values in got] == [["total", "card", "n"]] * 2
 
 
 # ---------------------------------------------------------------------------- keys and where
