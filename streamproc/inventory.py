@@ -46,7 +46,7 @@ from __future__ import annotations
 import math
 import sys
 from bisect import bisect_right
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
@@ -123,8 +123,10 @@ class InventoryRule(StatefulRuleSpec):
 # An immutable tuple replaced on every change: plain tuples of numbers drop out of the garbage
 # collector's tracking, and there is one per product.
 _Stock = tuple[float, bool, float, int | None]
-# The state after one record, kept until a snapshot has it: (key, position, stock).
-_Entry = tuple[tuple[str, str], Pos, _Stock]
+_Key = tuple[str, str]
+# One processed batch's changes, kept until a snapshot has them: the positions of its first and
+# last record that changed a product, and each product it changed with its stock after the batch.
+_Batch = tuple[Pos, Pos, tuple[tuple[_Key, _Stock], ...]]
 
 
 def _value(stock: _Stock) -> dict[str, Any]:
@@ -138,15 +140,28 @@ class _InventoryState(ShardState):
         self.rule = rule
         self.shard_id = shard_id
         self.sinks = sinks
-        self._stock: dict[tuple[str, str], _Stock] = {}
+        self._stock: dict[_Key, _Stock] = {}
         # Per product: the position up to which a loaded snapshot already counts its records.
-        self._as_of: dict[tuple[str, str], tuple[str, Position]] = {}
-        # The state after each record since the last committed snapshot, in record order, so a
-        # snapshot can be taken as of any settled position.
-        self._history = _History()
+        self._as_of: dict[_Key, tuple[str, Position]] = {}
+        # What each batch since the last committed snapshot changed (snapshots are taken at
+        # batch ends: the runtime checkpoints the end of a processed batch), and what the
+        # current batch has changed so far, with its first and latest changing positions.
+        self._batches: list[_Batch] = []
+        self._changed: dict[_Key, _Stock] = {}
+        self._first: Pos = (0, 0)
+        self._last: Pos = (0, 0)
         self._static = None if callable(rule.reorder_threshold) else float(rule.reorder_threshold)
+        # A product's first stock when the threshold is static (else per product, on the way).
+        self._fresh: _Stock | None = (
+            None
+            if self._static is None
+            else (rule.initial_quantity, rule.initial_quantity > self._static, 0.0, None)
+        )
         self._fields = (rule.store_field, rule.product_field, rule.quantity_field, rule.time_field)
         self._decay_ms = rule.rate_days * DAY_MS
+        self._rate_days = rule.rate_days
+        self._hysteresis = rule.hysteresis
+        self._stock_sink = rule.stock_sink
         # Items inherited from parent shards, stored under this shard at the next snapshot so
         # that this shard's own children (a second reshard) inherit them in turn.
         self._inherited: list[StateItem] = []
@@ -160,7 +175,6 @@ class _InventoryState(ShardState):
         identity: str,
         restoring: bool,
     ) -> str | None:
-        rule = self.rule
         store_field, product_field, quantity_field, time_field = self._fields
         # Strings, a whole-number quantity and an event time take the fast path; anything else
         # the checked one (_read), which says what is wrong.
@@ -180,34 +194,34 @@ class _InventoryState(ShardState):
             else:
                 store, product, delta, at_ms = _read(doc, self._fields)
         except RecordError as exc:
-            return None if restoring else f"{exc.reason} (rule {rule.name!r})"
+            return None if restoring else f"{exc.reason} (rule {self.rule.name!r})"
         key = (store, product)
         if self._as_of:
             done = self._as_of.get(key)
             if done is not None and done[0] == record.shard_id and position <= done[1]:
                 return None  # the loaded snapshot already counts this record
-        threshold = self._static if self._static is not None else rule.threshold(store, product)
+        threshold = self._static
+        if threshold is None:
+            threshold = self.rule.threshold(store, product)
         stock = self._stock.get(key)
         if stock is None:
-            # Already low at the start: no crossing to report.
-            quantity, armed, rate, rate_ms = (
-                rule.initial_quantity,
-                rule.initial_quantity > threshold,
-                0.0,
-                None,
-            )
-        else:
-            quantity, armed, rate, rate_ms = stock
+            stock = self._fresh  # already low at the start: no crossing to report
+            if stock is None:
+                initial = self.rule.initial_quantity
+                stock = (initial, initial > threshold, 0.0, None)
+        quantity, armed, rate, rate_ms = stock
         quantity += delta
         if not _isfinite(quantity):
-            return None if restoring else f"quantity {delta!r} out of range (rule {rule.name!r})"
+            return (
+                None if restoring else f"quantity {delta!r} out of range (rule {self.rule.name!r})"
+            )
         if delta < 0 and at_ms is not None:  # a sale: units per day, exponentially time-decayed
             if rate_ms is None:
                 rate_ms = at_ms
             elif at_ms > rate_ms:
                 rate *= _exp((rate_ms - at_ms) / self._decay_ms)
                 rate_ms = at_ms
-            rate -= delta / rule.rate_days
+            rate -= delta / self._rate_days
         # Only a sale crosses downwards; a restock never raises a low-stock alert.
         if armed and delta < 0 and quantity <= threshold:
             armed = False
@@ -215,11 +229,15 @@ class _InventoryState(ShardState):
                 self._alerts.append(
                     self._alert(record, identity, store, product, quantity, rate, threshold, when)
                 )
-        elif not armed and quantity > threshold + rule.hysteresis:
+        elif not armed and quantity > threshold + self._hysteresis:
             armed = True
         self._stock[key] = stock = (quantity, armed, rate, rate_ms)
-        self._history.append((key, position, stock))
-        if rule.stock_sink is not None and not restoring:
+        changed = self._changed
+        if not changed:
+            self._first = position
+        changed[key] = stock
+        self._last = position
+        if self._stock_sink is not None and not restoring:
             self._alerts.append(self._stock_update(record, identity, store, product, delta))
         return None
 
@@ -285,6 +303,9 @@ class _InventoryState(ShardState):
     def end_batch(self, alerts: list[Alert], dead: list[DeadLetter]) -> None:
         alerts.extend(self._alerts)
         self._alerts = []
+        if self._changed:  # kept as tuples, which the garbage collector stops tracking
+            self._batches.append((self._first, self._last, tuple(self._changed.items())))
+            self._changed = {}
 
     def oldest_position(self) -> Pos | None:
         return None  # snapshotted, not replayed
@@ -295,14 +316,22 @@ class _InventoryState(ShardState):
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self, through: Position | None) -> list[StateItem]:
+        """Each product changed by the batches that end at or before ``through``, with its stock
+        after them; ``through`` must not fall inside a batch (ValueError)."""
         items = list(self._inherited)
         if through is None:
             return items
-        latest: dict[tuple[str, str], tuple[Pos, _Stock]] = {}
-        for key, position, stock in self._history.entries():  # in record order
-            if position > through:
+        latest: dict[_Key, tuple[Pos, _Stock]] = {}
+        for first, last, changes in self._batches:  # in record order
+            if last > through:
+                if first <= through:
+                    raise ValueError(
+                        f"cannot snapshot {self.rule.name!r} as of {tuple(through)}: a processed "
+                        f"batch changed stock from {first} to {last}; snapshot at a batch end"
+                    )
                 break
-            latest[key] = (position, stock)
+            for key, stock in changes:
+                latest[key] = (last, stock)
         for key, (position, stock) in latest.items():
             items.append(
                 StateItem(
@@ -319,7 +348,8 @@ class _InventoryState(ShardState):
         self._inherited = []
         if through is None:
             return
-        self._history.drop_through(through)
+        batches = self._batches
+        del batches[: bisect_right(batches, through, key=_LAST)]
 
     def load(self, items: list[StateItem]) -> None:
         for item in items:
@@ -335,55 +365,7 @@ class _InventoryState(ShardState):
                 self._inherited = [i for i in self._inherited if i.key != item.key]
 
 
-_POSITION = itemgetter(1)
-_CHUNK = 512
-
-
-class _History:
-    """Entries in record order, appended one by one and dropped from the front.
-
-    Kept as full chunks (tuples of ``_CHUNK`` entries) plus the chunk being filled (a list).
-    Entries hold only strings and numbers, so the garbage collector stops tracking them, and
-    then each full chunk too: a full collection visits one reference per chunk instead of one
-    per record. A million entries (a shard a checkpoint has not settled yet, or the hot-path
-    benchmark, which never checkpoints) otherwise add about a million visits to every full
-    collection.
-    """
-
-    __slots__ = ("_chunks", "_recent")
-
-    def __init__(self) -> None:
-        self._chunks: list[tuple[_Entry, ...]] = []
-        self._recent: list[_Entry] = []  # the chunk being filled
-
-    def append(self, entry: _Entry) -> None:
-        recent = self._recent
-        recent.append(entry)
-        if len(recent) >= _CHUNK:
-            self._chunks.append(tuple(recent))
-            recent.clear()
-
-    def entries(self) -> Iterator[_Entry]:
-        for chunk in self._chunks:
-            yield from chunk
-        yield from self._recent
-
-    def drop_through(self, through: Pos) -> None:
-        """Drop the entries at or before ``through``."""
-        chunks = self._chunks
-        del chunks[: bisect_right(chunks, through, key=_last_position)]
-        if chunks:  # its last entry is after through, and so is every later entry
-            first = chunks[0]
-            cut = bisect_right(first, through, key=_POSITION)
-            if cut:
-                chunks[0] = first[cut:]
-        else:
-            recent = self._recent
-            del recent[: bisect_right(recent, through, key=_POSITION)]
-
-
-def _last_position(chunk: tuple[_Entry, ...]) -> Pos:
-    return chunk[-1][1]
+_LAST = itemgetter(1)  # a batch's last changing position
 
 
 _isfinite = math.isfinite

@@ -27,8 +27,8 @@ from streamproc.records import Alert, DeadLetter, Pos, Position, Record
 
 @dataclass(frozen=True, slots=True)
 class StateItem:
-    """One key's state in a snapshot: ``value`` (JSON-able) after the record at ``position`` of
-    ``shard_id``, the last record of that key the snapshot counts."""
+    """One key's state in a snapshot: ``value`` (JSON-able) after every record of that key up to
+    ``position`` of ``shard_id``, which the snapshot counts (a restart skips them)."""
 
     rule: str
     key: str
@@ -42,10 +42,10 @@ class ShardState(ABC):
 
     State that replay cannot rebuild (it depends on all history, like running stock) is
     snapshotted instead: ``snapshot(through)`` returns the items changed since the last
-    ``commit``, as of the settled position ``through`` (None: no record of the shard settled
-    yet), plus any state inherited from parent shards not yet stored under this shard; the
-    runtime stores them before it checkpoints ``through`` and then calls ``commit(through)``; a
-    restarted shard ``load``s them.
+    ``commit``, as of the settled position ``through`` (the end of a processed batch; None: no
+    record of the shard settled yet), plus any state inherited from parent shards not yet
+    stored under this shard; the runtime stores them before it checkpoints ``through`` and then
+    calls ``commit(through)``; a restarted shard ``load``s them.
     """
 
     def snapshot(self, through: Position | None) -> list[StateItem]:

@@ -10,11 +10,12 @@ import math
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproc.errors import TransportError
-from streamproc.inventory import _CHUNK, DETAIL_TYPE, SOURCE, _History, inventory_rule
+from streamproc.inventory import DETAIL_TYPE, SOURCE, inventory_rule
 from streamproc.processor import ShardProcessor
 from streamproc.records import Record
 from streamproc.ruleset import RuleSet
@@ -239,26 +240,60 @@ def test_a_throttled_state_load_delays_the_shard_instead_of_stopping_the_service
     assert len(sink.delivered) == 2
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
-    count=st.integers(0, 3 * _CHUNK + 5),
-    cuts=st.lists(st.integers(-1, 3 * _CHUNK + 6), max_size=4),
+    sizes=st.lists(st.integers(0, 12), min_size=1, max_size=8),
+    products=st.lists(st.sampled_from(["sku-1", "sku-2", "sku-3"]), min_size=96, max_size=96),
+    deltas=st.lists(st.integers(-9, 9), min_size=96, max_size=96),
+    commits=st.sets(st.integers(0, 7)),
 )
-def test_the_history_keeps_record_order_across_chunks_and_drops_from_the_front(
-    count: int, cuts: list[int]
+def test_snapshots_at_batch_ends_hold_each_changed_product_as_of_that_end(
+    sizes: list[int], products: list[str], deltas: list[int], commits: set[int]
 ) -> None:
-    """The per-record history is stored in chunks; it must read back like one list, and
-    dropping through a position must drop exactly the entries at or before it."""
-    history = _History()
-    model = []
-    for n in range(count):
-        entry = (("store", f"p{n}"), (n, 0), (float(n), True, 0.0, None))
-        history.append(entry)
-        model.append(entry)
-    for cut in sorted(cuts):
-        history.drop_through((cut, 0))
-        model = [entry for entry in model if entry[1] > (cut, 0)]
-        assert list(history.entries()) == model
-    extra = (("store", "late"), (10**6, 0), (1.0, False, 0.0, None))
-    history.append(extra)
-    assert list(history.entries()) == [*model, extra]
+    """Snapshot at the end of every batch (committing after some): each product changed since
+    the last commit, with the stock it had at that end, stamped at or after its last record
+    there; nothing else. Ends of batches that changed nothing count too."""
+    shard = processor()
+    docs = [
+        {**doc, "product_id": product}
+        for doc, product in zip(events(deltas), products, strict=True)
+    ]
+    for i, doc in enumerate(docs):  # event times in order, an hour apart
+        doc["event_time"] = f"2026-01-{1 + i // 24:02d}T{i % 24:02d}:00:00Z"
+    stream = records(docs)
+    model: dict[str, float] = {}
+    last_of: dict[str, int] = {}  # product -> sequence number of its last record
+    since_commit: set[str] = set()
+    start = 0
+    for index, size in enumerate(sizes):
+        batch = stream[start : start + size]
+        start += size
+        shard.process(batch)
+        for record in batch:
+            doc = orjson.loads(record.data)
+            model[doc["product_id"]] = model.get(doc["product_id"], 30.0) + doc["quantity"]
+            last_of[doc["product_id"]] = int(record.sequence_number)
+            since_commit.add(doc["product_id"])
+        end = batch[-1].position if batch else stream[max(start - 1, 0)].position
+        items = shard.snapshot(end) if start else []
+        got = {item.key.split("\x1f")[1]: item for item in items}
+        assert set(got) == (since_commit if start else set())
+        for product, item in got.items():
+            assert item.value["q"] == model[product]
+            assert last_of[product] <= item.position.sequence_number <= end.sequence_number
+        if index in commits and start:
+            shard.commit_snapshot(end)
+            since_commit.clear()
+
+
+def test_a_snapshot_inside_a_batch_is_refused() -> None:
+    """Stock is kept per batch: a position between two records of one batch cannot be
+    snapshotted (the runtime only checkpoints batch ends), and saying so beats a wrong value."""
+    shard = processor()
+    stream = records(events(DELTAS))
+    shard.process(stream[:4])
+    shard.process(stream[4:])
+    assert [item.value["q"] for item in shard.snapshot(stream[3].position)] == [10.0]
+    with pytest.raises(ValueError, match="snapshot at a batch end"):
+        shard.snapshot(stream[5].position)
+    assert [item.value["q"] for item in shard.snapshot(stream[-1].position)] == [8.0]
