@@ -227,6 +227,20 @@ class Evaluator:
         """The selected values if HAVING holds for ``state`` of ``key`` (output form), else None."""
         return self.values_of(key, self._finish(state))
 
+    def values_for(
+        self, key: Hashable, state: State
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        """(``key`` in output form, the selected values) if HAVING holds for ``state`` of
+        ``key`` (as the engine keeps it), else None. When a remembered verdict says HAVING
+        fails (most checks of an early rule), the key is not even put in output form."""
+        finished = self._finish(state)
+        verdicts = self._verdicts
+        if verdicts is not None and verdicts.get(tuple(finished)) is False:
+            return None
+        output = self.keys.output(key)
+        values = self.values_of(output, finished)
+        return None if values is None else (output, values)
+
     def values_of(self, key: tuple[Any, ...], finished: Sequence[Any]) -> dict[str, Any] | None:
         """:meth:`values` from the aggregates' output values (``finish(state)``)."""
         verdicts = self._verdicts

@@ -239,8 +239,7 @@ class WindowOperator:
         slide, size = engine.slide, engine.size
         lingers = size + engine.keep  # the first pane is freed once the watermark is this past it
         early = engine.early
-        output_of = engine.ev.keys.output
-        values_of, result_of = engine.ev.values, engine.ev.result
+        values_for, result_of = engine.ev.values_for, engine.ev.result
         lateness = self._lateness
         none: tuple[WindowResult, ...] = ()  # returned when nothing fired or closed
 
@@ -274,13 +273,13 @@ class WindowOperator:
             if early:  # a Tumble: the event is in one window, the one of its pane
                 keys = fired.get(start)
                 if keys is None or key not in keys:
-                    output = output_of(key)
-                    values = values_of(output, state)
-                    if values is not None:
+                    found = values_for(key, state)
+                    if found is not None:
                         if keys is None:
                             keys = fired[start] = set()
                         keys.add(key)
                         end = start + size
+                        output, values = found
                         out = [
                             result_of(output, start, end, values, event_time_ms, position, identity)
                         ]

@@ -211,19 +211,19 @@ class PaneEngine:
         if self._stale:
             changed.update(self._stale)
             self._stale = {}
-        aggs, ev, output_of = self.aggs, self.ev, self._keys.output
+        aggs, ev = self.aggs, self.ev
         for key in changed:
             mine = by_key.get(key)
             states = [] if mine is None else [s for q, s in mine.items() if start <= q < end]
             if not states:
                 hot.pop(key, None)
                 continue
-            output = output_of(key)
             combined = states[0] if len(states) == 1 else aggs.combine(states)
-            values = ev.values(output, combined)
-            if values is None:
+            found = ev.values_for(key, combined)
+            if found is None:
                 hot.pop(key, None)
             else:
+                output, values = found
                 hot[key] = (repr(output), output, values, combined[TIME])
         if not hot:
             return

@@ -50,7 +50,6 @@ class SessionEngine:
     def __init__(self, evaluator: Evaluator, gap: int, retention: int, early: bool) -> None:
         self.ev = evaluator
         self.aggs = evaluator.aggregates
-        self._keys = evaluator.keys
         self.gap = gap
         self._retention = retention
         self.early = early
@@ -119,9 +118,9 @@ class SessionEngine:
         correction: bool,
         out: list[WindowResult],
     ) -> None:
-        output = self._keys.output(session.key)
-        values = self.ev.values(output, session.state)
-        if values is not None:
+        found = self.ev.values_for(session.key, session.state)
+        if found is not None:
+            output, values = found
             session.emitted = True
             out.append(
                 self.ev.result(
@@ -167,10 +166,10 @@ class SessionEngine:
         trigger: Pos | None,
         closing: list[tuple[tuple[int, str, int], WindowResult]],
     ) -> None:
-        output = self._keys.output(session.key)
-        values = self.ev.values(output, session.state)
-        if values is None:
+        found = self.ev.values_for(session.key, session.state)
+        if found is None:
             return
+        output, values = found
         result = self.ev.result(
             output,
             session.start,
