@@ -181,14 +181,14 @@ class WindowOperator:
                 count = 1
             else:
                 items = state.by_time
-                if state.due is None or state.by_arrival is not None or not items:
+                oldest = state.first  # None: no items
+                if state.due is None or state.by_arrival is not None or oldest is None:
                     return general(doc, event_time_ms, position, identity)
                 # From here on exactly what the general path does for such an event.
                 self._seq = seq = self._seq + 1
                 self._max_time = event_time_ms
                 self._record_setter = position
                 item = (event_time_ms, seq, position, ())
-                oldest = items[0][0]
                 horizon = watermark - reach
                 if oldest <= horizon:  # items out of every future window's reach: drop them
                     del items[: bisect_right(items, horizon, key=_TIME)]
@@ -196,7 +196,7 @@ class WindowOperator:
                         state.previous = False  # nothing within reach: the key starts afresh
                     items.append(item)
                     state.basis = items[0][2]  # replay from the oldest item still held
-                    oldest = items[0][0]
+                    state.first = oldest = items[0][0]
                 else:
                     items.append(item)
                 since = event_time_ms - range_ms  # the window is (since, event time]

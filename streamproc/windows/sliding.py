@@ -34,10 +34,13 @@ _TIME = itemgetter(0)
 
 
 class _KeyState:
-    __slots__ = ("basis", "by_arrival", "by_time", "dead", "due", "previous")
+    __slots__ = ("basis", "by_arrival", "by_time", "dead", "due", "first", "previous")
 
     def __init__(self) -> None:
         self.by_time: list[_Item] = []
+        # The time of by_time[0] (None: no items), read where by_time[0] itself would cost two
+        # memory misses: the fast path checks it on every event.
+        self.first: int | None = None
         self.by_arrival: deque[_Item] | None = None  # only after an out-of-order event
         self.previous = False  # HAVING held after the key's previous event
         self.basis: Pos | None = None  # where a replay rebuilds ``previous`` and the items
@@ -103,6 +106,7 @@ class SlidingEngine:
             insort(by_time, item)
             high = bisect_right(by_time, event_time, key=_TIME)
         state.basis = (by_time if by_arrival is None else by_arrival)[0][2]
+        state.first = by_time[0][0]
         due = by_time[-1][0] + self.reach
         if state.due is None or due < state.due:
             state.due = due
@@ -131,6 +135,7 @@ class SlidingEngine:
         of an unknown key, as the operator's fast path uses it."""
         state = self.by_key[key] = _KeyState()
         state.by_time.append(item)
+        state.first = item[0]
         state.basis = item[2]
         state.due = due = item[0] + self.reach
         heapq.heappush(self.heap, (due, next(self._order), key, state))

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamproc.errors import MissingFieldError, RecordError, RuleCompileError
 from streamproc.records import Position
@@ -25,6 +27,7 @@ from streamproc.windows import (
     format_event_time,
     parse_event_time,
 )
+from streamproc.windows.sliding import SlidingEngine
 from streamproc.windowspec import Aggregate, Hop, Session, Sliding, Tumble, WindowKind, WindowRule
 
 REPO = Path(__file__).resolve().parents[2]
@@ -777,3 +780,37 @@ def test_count_only_sliding_fast_path_drops_exactly_the_events_out_of_range() ->
         for result in operator.handle({"card": "d", "t": time}, time, Position(index + 1), ""):
             fired.append(result.event_time_ms)
     assert fired == [2, 31]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    events=st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 60)), min_size=1, max_size=40
+    ),
+    late=st.sampled_from(["dead_letter", "correction"]),
+)
+def test_sliding_keys_know_their_first_item_time_after_every_event(
+    events: list[tuple[str, int]], late: str
+) -> None:
+    """Each sliding key keeps the time of its first item (``first``), which the fast path reads
+    instead of the item itself: after any mix of in-order, out-of-order, late and pruning
+    events, through either path, it must be exactly that time (None without items)."""
+    from streamproc.windowsql import compile_window_sql
+
+    rule = compile_window_sql(
+        "SELECT card, COUNT(*) AS n FROM tx GROUP BY card, SLIDING(t, INTERVAL '10' MILLISECOND)"
+        " HAVING COUNT(*) >= 2",
+        name="pairs",
+        version=1,
+        emit="early",
+        allowed_lateness_ms=5,
+        late=late,
+    )
+    operator = WindowOperator(rule)
+    engine = operator._engine
+    assert isinstance(engine, SlidingEngine)
+    for index, (card, time) in enumerate(events):
+        with contextlib.suppress(LateEvent):
+            operator.handle({"card": card, "t": time}, time, Position(index + 1), f"e{index}")
+        for state in engine.by_key.values():
+            assert state.first == (state.by_time[0][0] if state.by_time else None)
