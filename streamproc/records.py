@@ -48,7 +48,7 @@ Pos = tuple[int, int]
 
 def quick_init(cls: type[T]) -> type[T]:
     """Give the frozen slots dataclass ``cls`` an ``__init__`` that sets its slots through their
-    descriptors, and return ``cls``. Apply it after ``@dataclass``.
+    descriptors, and return ``cls``. Write it above ``@dataclass`` (it runs after it).
 
     The generated ``__init__`` of a frozen dataclass sets each field through
     ``object.__setattr__``, about 70 ns a field: 1.3 us for an :class:`Alert`, which the hot

@@ -732,19 +732,25 @@ def test_results_do_not_depend_on_hash_randomisation() -> None:
     assert json.dumps(len(next(iter(outputs)))) != "0"
 
 
-def test_count_only_sliding_fast_path_counts_exactly_the_range() -> None:
-    """The fast path of count-only sliding rules (operator.handle) at the range's edges: the
-    window of an event at t is (t - range, t], so an event exactly range ms earlier is out of
-    it. Same results as the general path (on_event) for the same events."""
+def _pairs_rule(**options: Any) -> WindowRule:
+    """An early count-only sliding rule over 10 ms: the fast path's kind."""
     from streamproc.windowsql import compile_window_sql
 
-    rule = compile_window_sql(
+    return compile_window_sql(
         "SELECT card, COUNT(*) AS n FROM tx GROUP BY card, SLIDING(t, INTERVAL '10' MILLISECOND)"
         " HAVING COUNT(*) >= 2",
         name="pairs",
         version=1,
         emit="early",
+        **options,
     )
+
+
+def test_count_only_sliding_fast_path_counts_exactly_the_range() -> None:
+    """The fast path of count-only sliding rules (operator.handle) at the range's edges: the
+    window of an event at t is (t - range, t], so an event exactly range ms earlier is out of
+    it. Same results as the general path (on_event) for the same events."""
+    rule = _pairs_rule()
     events = [("a", 0), ("a", 10), ("a", 11), ("a", 30), ("a", 39), ("a", 40), ("b", 40)]
     fast, general = WindowOperator(rule), WindowOperator(rule)
     assert fast.handle != fast.on_event  # the rule takes the fast path
@@ -795,18 +801,7 @@ def test_sliding_keys_know_their_first_item_time_after_every_event(
     """Each sliding key keeps the time of its first item (``first``), which the fast path reads
     instead of the item itself: after any mix of in-order, out-of-order, late and pruning
     events, through either path, it must be exactly that time (None without items)."""
-    from streamproc.windowsql import compile_window_sql
-
-    rule = compile_window_sql(
-        "SELECT card, COUNT(*) AS n FROM tx GROUP BY card, SLIDING(t, INTERVAL '10' MILLISECOND)"
-        " HAVING COUNT(*) >= 2",
-        name="pairs",
-        version=1,
-        emit="early",
-        allowed_lateness_ms=5,
-        late=late,
-    )
-    operator = WindowOperator(rule)
+    operator = WindowOperator(_pairs_rule(allowed_lateness_ms=5, late=late))
     engine = operator._engine
     assert isinstance(engine, SlidingEngine)
     for index, (card, time) in enumerate(events):
