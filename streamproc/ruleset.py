@@ -257,15 +257,13 @@ def rule(
     """
     caller = sys._getframe(1)
     file, line = caller.f_code.co_filename, caller.f_lineno
-    text: str | None = None
-    fields: frozenset[str] | None = None
     compiled: CompiledCondition | None = None
     if isinstance(condition, str):
         try:
             compiled = compile_condition(condition, rule=name if isinstance(name, str) else None)
         except RuleCompileError as error:
             raise _in_module(error, file, line, condition) from None
-        text, predicate, fields = condition, compiled.fn, compiled.fields
+        predicate = compiled.fn
     elif callable(condition):
         predicate = _wrap_predicate(condition)
     else:
@@ -286,8 +284,6 @@ def rule(
         sinks,
         description,
         origin,
-        text,
-        fields,
         compiled,
     )
 
@@ -466,11 +462,10 @@ def _make(
     sinks: Sequence[str],
     description: str,
     origin: str,
-    text: str | None = None,
-    fields: frozenset[str] | None = None,
     compiled: CompiledCondition | None = None,
 ) -> Rule:
-    """The argument order of :func:`rule`, so declarations above stay one line each."""
+    """The argument order of :func:`rule`, so declarations above stay one line each. An SQL
+    condition's text and fields come from what it compiled to."""
     return Rule(
         name=name,
         version=version,
@@ -480,9 +475,9 @@ def _make(
         severity=severity,
         key=key,
         description=description,
-        condition_text=text,
+        condition_text=None if compiled is None else compiled.text,
         origin=origin,
-        condition_fields=fields,
+        condition_fields=None if compiled is None else compiled.fields,
         compiled=compiled,
     )
 

@@ -171,7 +171,6 @@ class Evaluator:
         "_having",
         "_picks",
         "_scope_names",
-        "_select",
         "_verdicts",
         "aggregates",
         "having_ignores_key",
@@ -192,7 +191,6 @@ class Evaluator:
             *(a.alias for a in rule.aggregates),
         )
         self._finish = aggregates.finish
-        self._select = rule.select
         #: Whether HAVING reads aggregates only (not a GROUP BY field): the same aggregates then
         #: always give the same verdict, whatever the key.
         self.having_ignores_key = rule.having is None or (
@@ -244,28 +242,26 @@ class Evaluator:
     def values_of(self, key: tuple[Any, ...], finished: Sequence[Any]) -> dict[str, Any] | None:
         """:meth:`values` from the aggregates' output values (``finish(state)``)."""
         verdicts = self._verdicts
-        if verdicts is not None:
+        having = self._having
+        if verdicts is not None:  # (kept only for rules with a HAVING)
             counts = tuple(finished)
             known = verdicts.get(counts)
             if known is False:
                 return None
-            if known is True:  # HAVING holds: only the selected values are needed
-                row = (*key, *finished)
-                return {column: row[at] for column, at in self._picks}
-        elif self._having is None:
-            row = (*key, *finished)
-            return {column: row[at] for column, at in self._picks}
-        scope = dict(zip(self._scope_names, (*key, *finished, *finished)))  # noqa: B905
-        if verdicts is not None:
-            if known is None:  # (verdicts are kept only for rules with a HAVING)
+            if known is None:
+                scope = dict(zip(self._scope_names, (*key, *finished, *finished)))  # noqa: B905
                 if len(verdicts) >= _VERDICTS_KEPT:
                     verdicts.clear()
-                known = verdicts[counts] = bool(self._having(scope))  # type: ignore[misc]
+                known = verdicts[counts] = bool(having(scope))  # type: ignore[misc]
                 if not known:
                     return None
-        elif self._having is not None and not self._having(scope):
-            return None
-        return {column: scope[column] for column in self._select}
+        elif having is not None:
+            scope = dict(zip(self._scope_names, (*key, *finished, *finished)))  # noqa: B905
+            if not having(scope):
+                return None
+        # HAVING holds (or there is none): the selected values, picked from key and aggregates
+        row = (*key, *finished)
+        return {column: row[at] for column, at in self._picks}
 
     def result(
         self,
