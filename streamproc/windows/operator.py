@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
-from operator import itemgetter
 from typing import Any
 
 from streamproc.errors import RuleCompileError
@@ -19,7 +18,6 @@ from streamproc.windowspec import Hop, Session, Sliding, Tumble, WindowRule
 __all__ = ["Handler", "WindowOperator"]
 
 Handler = Callable[[Mapping[str, Any], int, Pos, str], Sequence[WindowResult]]
-_TIME = itemgetter(0)
 
 
 class WindowOperator:
@@ -174,36 +172,39 @@ class WindowOperator:
                 key = read_key(doc)  # normalizes other values, raises for bad ones
             state = by_key.get(key)
             if state is None:  # a new key: its first item
-                self._seq = seq = self._seq + 1
+                self._seq += 1
                 self._max_time = event_time_ms
                 self._record_setter = position
-                state = engine.start_key(key, (event_time_ms, seq, position, ()))
+                state = engine.start_key(key, event_time_ms, position)
                 count = 1
             else:
-                items = state.by_time
+                times = state.times
                 oldest = state.first  # None: no items
                 if state.due is None or state.by_arrival is not None or oldest is None:
                     return general(doc, event_time_ms, position, identity)
                 # From here on exactly what the general path does for such an event.
-                self._seq = seq = self._seq + 1
+                self._seq += 1
                 self._max_time = event_time_ms
                 self._record_setter = position
-                item = (event_time_ms, seq, position, ())
                 horizon = watermark - reach
                 if oldest <= horizon:  # items out of every future window's reach: drop them
-                    del items[: bisect_right(items, horizon, key=_TIME)]
-                    if not items:
+                    gone = bisect_right(times, horizon)
+                    setters = state.setters
+                    del times[:gone]
+                    del setters[:gone]
+                    if not times:
                         state.previous = False  # nothing within reach: the key starts afresh
-                    items.append(item)
-                    state.basis = items[0][2]  # replay from the oldest item still held
-                    state.first = oldest = items[0][0]
+                    times.append(event_time_ms)
+                    setters.append(position)
+                    state.basis = setters[0]  # replay from the oldest item still held
+                    state.first = oldest = times[0]
                 else:
-                    items.append(item)
+                    times.append(event_time_ms)
+                    state.setters.append(position)
                 since = event_time_ms - range_ms  # the window is (since, event time]
-                if oldest > since:  # every item is in it
-                    count = len(items)
-                else:
-                    count = len(items) - bisect_right(items, since, key=_TIME)
+                count = len(times)
+                if oldest <= since:  # not every item is in it
+                    count -= bisect_right(times, since)
             holds = holds_by_count.get(count)
             if holds is None:
                 holds = engine.count_holds(key, event_time_ms, count)

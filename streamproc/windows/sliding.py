@@ -1,10 +1,12 @@
 """Sliding windows: on every event at ``t``, the key's events in ``(t - range, t]``.
 
-Per key the engine keeps the accepted events that a future window can still reach, as
-``(time, arrival, record-setter, values)`` items sorted by time (``bisect`` finds a window;
-in-order events append). Once an event of the key arrives out of order, the items are also kept
-in arrival order, whose head gives the oldest position to replay from (until then the time order
-is the arrival order).
+Per key the engine keeps the accepted events that a future window can still reach, sorted by
+time (``bisect`` finds a window; in-order events append), in parallel lists: their times, their
+record-setters and, for rules with other aggregates than ``COUNT(*)``, their (arrival, values).
+A count-only rule thus stores no object per event: two list slots referring to the time and
+position the event came with. Once an event of the key arrives out of order, (time,
+record-setter) pairs are also kept in arrival order, whose head gives the oldest position to
+replay from (until then the time order is the arrival order).
 An event's window holds the key's events that arrived so far with a time in its range, including
 out-of-order ones.
 
@@ -18,10 +20,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from bisect import bisect_right, insort
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Hashable, Mapping
-from operator import itemgetter
 from typing import Any
 
 from streamproc.records import Pos
@@ -29,19 +30,34 @@ from streamproc.windows.base import Evaluator, WindowResult
 
 __all__ = ["SlidingEngine"]
 
-_Item = tuple[int, int, Pos, tuple[Any, ...]]  # time, arrival sequence, record-setter, values
-_TIME = itemgetter(0)
+_NO_VALUES: tuple[int, tuple[Any, ...]] = (0, ())  # what a count-only rule's items keep: nothing
 
 
 class _KeyState:
-    __slots__ = ("basis", "by_arrival", "by_time", "dead", "due", "first", "previous")
+    """One key's items: ``times[i]``, ``setters[i]`` and (unless the rule is count-only)
+    ``rest[i]`` = (arrival sequence, extracted values) describe its i-th item in time order."""
 
-    def __init__(self) -> None:
-        self.by_time: list[_Item] = []
-        # The time of by_time[0] (None: no items), read where by_time[0] itself would cost two
+    __slots__ = (
+        "basis",
+        "by_arrival",
+        "dead",
+        "due",
+        "first",
+        "previous",
+        "rest",
+        "setters",
+        "times",
+    )
+
+    def __init__(self, keeps_values: bool) -> None:
+        self.times: list[int] = []
+        self.setters: list[Pos] = []
+        self.rest: list[tuple[int, tuple[Any, ...]]] | None = [] if keeps_values else None
+        # The time of times[0] (None: no items), read where times[0] itself would cost two
         # memory misses: the fast path checks it on every event.
         self.first: int | None = None
-        self.by_arrival: deque[_Item] | None = None  # only after an out-of-order event
+        # (time, record-setter) in arrival order: only after an out-of-order event.
+        self.by_arrival: deque[tuple[int, Pos]] | None = None
         self.previous = False  # HAVING held after the key's previous event
         self.basis: Pos | None = None  # where a replay rebuilds ``previous`` and the items
         self.dead = False
@@ -82,37 +98,45 @@ class SlidingEngine:
     ) -> None:
         state = self.by_key.get(key)
         if state is None:
-            state = self.by_key[key] = _KeyState()
+            state = self.by_key[key] = _KeyState(not self._aggs.count_star_only)
         elif watermark is not None:
             horizon = watermark - self.reach
-            items = state.by_time
-            if items and items[0][0] <= horizon:
+            if state.times and state.times[0] <= horizon:
                 self._prune(state, horizon)
-            if not items:
+            if not state.times:
                 state.previous = False  # nothing within reach: the key starts afresh
         aggs = self._aggs
-        item = (event_time, seq, rs, () if aggs.count_star_only else aggs.extract(doc))
-        by_time = state.by_time
+        times, setters, rest = state.times, state.setters, state.rest
         by_arrival = state.by_arrival
-        if not by_time or by_time[-1][0] <= event_time:
-            by_time.append(item)
+        # Read before anything changes: a value the aggregates refuse leaves the key unchanged.
+        values = _NO_VALUES if rest is None else (seq, aggs.extract(doc))
+        if not times or times[-1] <= event_time:
+            times.append(event_time)
+            setters.append(rs)
+            if rest is not None:
+                rest.append(values)
             if by_arrival is not None:
-                by_arrival.append(item)
-            high = len(by_time)  # in order: every item is at or before this event
+                by_arrival.append((event_time, rs))
+            high = len(times)  # in order: every item is at or before this event
         else:
-            if by_arrival is None:
-                by_arrival = state.by_arrival = deque(by_time)  # arrival order so far
-            by_arrival.append(item)
-            insort(by_time, item)
-            high = bisect_right(by_time, event_time, key=_TIME)
-        state.basis = (by_time if by_arrival is None else by_arrival)[0][2]
-        state.first = by_time[0][0]
-        due = by_time[-1][0] + self.reach
+            if by_arrival is None:  # the time order so far is the arrival order
+                by_arrival = state.by_arrival = deque(zip(times, setters, strict=True))
+            by_arrival.append((event_time, rs))
+            # After every item of the same time: they arrived earlier.
+            index = bisect_right(times, event_time)
+            times.insert(index, event_time)
+            setters.insert(index, rs)
+            if rest is not None:
+                rest.insert(index, values)
+            high = index + 1
+        state.basis = setters[0] if by_arrival is None else by_arrival[0][1]
+        state.first = times[0]
+        due = times[-1] + self.reach
         if state.due is None or due < state.due:
             state.due = due
             heapq.heappush(self.heap, (due, next(self._order), key, state))
-        count = high - bisect_right(by_time, event_time - self.range_ms, key=_TIME)
-        if aggs.count_star_only:
+        count = high - bisect_right(times, event_time - self.range_ms)
+        if rest is None:
             # HAVING over counts alone is decided by the count: cached per count when it does
             # not read the key either (the usual "HAVING COUNT(*) > 5").
             cached = None if self.holds_by_count is None else self.holds_by_count.get(count)
@@ -121,8 +145,9 @@ class SlidingEngine:
                 self.fire_count(key, event_time, count, position, identity, late, out)
         else:
             window = aggs.new_state(event_time)
-            for item_time, item_seq, _, values in by_time[high - count : high]:
-                aggs.add_values(window, values, item_time, item_seq)
+            for index in range(high - count, high):
+                item_seq, item_values = rest[index]
+                aggs.add_values(window, item_values, times[index], item_seq)
             output = self._keys.output(key)
             values_now = self._ev.values(output, window)
             holds = values_now is not None
@@ -130,14 +155,15 @@ class SlidingEngine:
                 out.append(self._result(output, event_time, values_now, position, identity, late))
         state.previous = holds
 
-    def start_key(self, key: Hashable, item: _Item) -> _KeyState:
+    def start_key(self, key: Hashable, event_time: int, rs: Pos) -> _KeyState:
         """The state of a new key holding its first (in-order) item: :meth:`add` for an event
-        of an unknown key, as the operator's fast path uses it."""
-        state = self.by_key[key] = _KeyState()
-        state.by_time.append(item)
-        state.first = item[0]
-        state.basis = item[2]
-        state.due = due = item[0] + self.reach
+        of an unknown key in a count-only rule, as the operator's fast path uses it."""
+        state = self.by_key[key] = _KeyState(False)
+        state.times.append(event_time)
+        state.setters.append(rs)
+        state.first = event_time
+        state.basis = rs
+        state.due = due = event_time + self.reach
         heapq.heappush(self.heap, (due, next(self._order), key, state))
         return state
 
@@ -188,9 +214,13 @@ class SlidingEngine:
 
     @staticmethod
     def _prune(state: _KeyState, horizon: int) -> None:
-        by_time = state.by_time
-        if by_time and by_time[0][0] <= horizon:
-            del by_time[: bisect_right(by_time, horizon, key=_TIME)]
+        times = state.times
+        if times and times[0] <= horizon:
+            gone = bisect_right(times, horizon)
+            del times[:gone]
+            del state.setters[:gone]
+            if state.rest is not None:
+                del state.rest[:gone]
         by_arrival = state.by_arrival
         while by_arrival and by_arrival[0][0] <= horizon:
             by_arrival.popleft()
@@ -208,7 +238,7 @@ class SlidingEngine:
             if state.dead or due != state.due:
                 continue
             state.due = None
-            latest = state.by_time[-1][0] + self.reach
+            latest = state.times[-1] + self.reach
             if latest > watermark:
                 self._schedule(key, state, latest)
             else:
@@ -216,7 +246,7 @@ class SlidingEngine:
                 del self.by_key[key]
 
     def release_watermark(self) -> int | None:
-        latest = [state.by_time[-1][0] for state in self.by_key.values()]
+        latest = [state.times[-1] for state in self.by_key.values()]
         return max(latest) + self.reach if latest else None
 
     def drop_all(self) -> None:
@@ -229,4 +259,4 @@ class SlidingEngine:
         return min((s.basis for s in self.by_key.values() if s.basis is not None), default=None)
 
     def state_size(self) -> tuple[int, int]:
-        return len(self.by_key), sum(len(s.by_time) for s in self.by_key.values())
+        return len(self.by_key), sum(len(s.times) for s in self.by_key.values())

@@ -808,4 +808,4 @@ def test_sliding_keys_know_their_first_item_time_after_every_event(
         with contextlib.suppress(LateEvent):
             operator.handle({"card": card, "t": time}, time, Position(index + 1), f"e{index}")
         for state in engine.by_key.values():
-            assert state.first == (state.by_time[0][0] if state.by_time else None)
+            assert state.first == (state.times[0] if state.times else None)
