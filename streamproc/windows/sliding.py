@@ -1,12 +1,12 @@
 """Sliding windows: on every event at ``t``, the key's events in ``(t - range, t]``.
 
 Per key the engine keeps the accepted events that a future window can still reach, sorted by
-time (``bisect`` finds a window; in-order events append), in parallel lists: their times, their
-record-setters and, for rules with other aggregates than ``COUNT(*)``, their (arrival, values).
-A count-only rule thus stores no object per event: two list slots referring to the time and
-position the event came with. Once an event of the key arrives out of order, (time,
-record-setter) pairs are also kept in arrival order, whose head gives the oldest position to
-replay from (until then the time order is the arrival order).
+time (``bisect`` finds a window; in-order events append), in parallel arrays: their times (as
+64-bit integers), their record-setters and, for rules with other aggregates than ``COUNT(*)``,
+their (arrival, values). A count-only rule thus stores no object per event: 8 bytes of time and
+a reference to the position the event came with. Once an event of the key arrives out of order,
+(time, record-setter) pairs are also kept in arrival order, whose head gives the oldest position
+to replay from (until then the time order is the arrival order).
 An event's window holds the key's events that arrived so far with a time in its range, including
 out-of-order ones.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from array import array
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Hashable, Mapping
@@ -50,7 +51,9 @@ class _KeyState:
     )
 
     def __init__(self, keeps_values: bool) -> None:
-        self.times: list[int] = []
+        # 64-bit integers, not int objects: nothing per event for the collector to visit or to
+        # free when the key goes (event times are within years 1..9999: they fit).
+        self.times: array[int] = array("q")
         self.setters: list[Pos] = []
         self.rest: list[tuple[int, tuple[Any, ...]]] | None = [] if keeps_values else None
         # The time of times[0] (None: no items), read where times[0] itself would cost two
