@@ -31,7 +31,8 @@ from streamproc.windows.base import Evaluator, WindowResult
 
 __all__ = ["SlidingEngine"]
 
-_NO_VALUES: tuple[int, tuple[Any, ...]] = (0, ())  # what a count-only rule's items keep: nothing
+# A count-only rule's stand-in for (arrival, values): read nothing, never stored.
+_NO_VALUES: tuple[int, tuple[Any, ...]] = (0, ())
 
 
 class _KeyState:
@@ -52,7 +53,8 @@ class _KeyState:
 
     def __init__(self, keeps_values: bool) -> None:
         # 64-bit integers, not int objects: nothing per event for the collector to visit or to
-        # free when the key goes (event times are within years 1..9999: they fit).
+        # free when the key goes. Event times fit: the window set takes them from
+        # parse_event_time (years 1..9999) or from the record's arrival time.
         self.times: array[int] = array("q")
         self.setters: list[Pos] = []
         self.rest: list[tuple[int, tuple[Any, ...]]] | None = [] if keeps_values else None
