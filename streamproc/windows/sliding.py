@@ -106,7 +106,7 @@ class SlidingEngine:
             state = self.by_key[key] = _KeyState(not self._aggs.count_star_only)
         elif watermark is not None:
             horizon = watermark - self.reach
-            if state.times and state.times[0] <= horizon:
+            if state.first is not None and state.first <= horizon:
                 self._prune(state, horizon)
             if not state.times:
                 state.previous = False  # nothing within reach: the key starts afresh
@@ -219,13 +219,14 @@ class SlidingEngine:
 
     @staticmethod
     def _prune(state: _KeyState, horizon: int) -> None:
-        times = state.times
-        if times and times[0] <= horizon:
-            gone = bisect_right(times, horizon)
-            del times[:gone]
-            del state.setters[:gone]
-            if state.rest is not None:
-                del state.rest[:gone]
+        """Drop the items at or before ``horizon`` (the caller saw that the first one is)."""
+        gone = bisect_right(state.times, horizon)
+        del state.times[:gone]
+        del state.setters[:gone]
+        if state.rest is not None:
+            del state.rest[:gone]
+        # The arrival order's head only: an item behind a later one stays until it is the head
+        # (a replay then starts earlier than it must, never later).
         by_arrival = state.by_arrival
         while by_arrival and by_arrival[0][0] <= horizon:
             by_arrival.popleft()
