@@ -16,13 +16,20 @@ from typing import Any
 
 from streamproc.errors import RecordError
 
-__all__ = ["SECONDS_LIMIT", "format_event_time", "parse_event_time"]
+__all__ = [
+    "MAX_EVENT_TIME_MS",
+    "MIN_EVENT_TIME_MS",
+    "SECONDS_LIMIT",
+    "format_event_time",
+    "parse_event_time",
+]
 
 SECONDS_LIMIT = 10**11  # numbers below this (in magnitude) are seconds, others milliseconds
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-_MIN_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
-_MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+#: Event times the windows take, in ms since the epoch: the years 1 to 9999 (64-bit integers).
+MIN_EVENT_TIME_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+MAX_EVENT_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _JSON_NAMES = {bool: "a boolean", list: "a list", dict: "an object", type(None): "null"}
 
 
@@ -88,7 +95,7 @@ def _parse(value: Any, kind: type) -> int:
     else:
         name = _JSON_NAMES.get(kind, f"a {kind.__name__}")
         raise RecordError(f"event time must be an ISO-8601 string or an epoch number, got {name}")
-    if not _MIN_MS <= millis <= _MAX_MS:
+    if not MIN_EVENT_TIME_MS <= millis <= MAX_EVENT_TIME_MS:
         raise RecordError(f"event time {value!r} is outside the years 1 to 9999")
     return millis
 

@@ -6,10 +6,11 @@ from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from streamproc.errors import RuleCompileError
+from streamproc.errors import RecordError, RuleCompileError
 from streamproc.records import Pos
 from streamproc.windows.aggregates import TIME, AggregateSet
 from streamproc.windows.base import Engine, Evaluator, KeyReader, LateEvent, WindowResult
+from streamproc.windows.eventtime import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
 from streamproc.windows.panes import PaneEngine
 from streamproc.windows.sessions import SessionEngine
 from streamproc.windows.sliding import SlidingEngine
@@ -98,9 +99,13 @@ class WindowOperator:
         then final results of the windows its time closed, by (end, key, start).
 
         Raises MissingFieldError (a WHERE or GROUP BY field is missing), RecordError (a GROUP BY
-        value is not a scalar) or LateEvent; the operator is then unchanged: dead-letter it.
-        A record filtered out by WHERE still moves event time (time passes for the shard).
+        value is not a scalar, an event time outside the years 1 to 9999) or LateEvent; the
+        operator is then unchanged: dead-letter it. A record filtered out by WHERE still moves
+        event time (time passes for the shard).
         """
+        if not MIN_EVENT_TIME_MS <= event_time_ms <= MAX_EVENT_TIME_MS:
+            # parse_event_time refuses these too; a sliding key keeps times as 64-bit integers
+            raise RecordError(f"event time {event_time_ms!r} ms is outside the years 1 to 9999")
         where = self._where
         if where is not None and not where(doc):
             return self._time_passes(event_time_ms, position)
@@ -165,6 +170,7 @@ class WindowOperator:
                 or max_time is None
                 or event_time_ms < max_time
                 or event_time_ms < watermark  # behind a deadline set by advance_to or flush
+                or event_time_ms > MAX_EVENT_TIME_MS  # the general path refuses it
             ):
                 return general(doc, event_time_ms, position, identity)
             key = None if key_name is None else doc.get(key_name)
@@ -254,6 +260,7 @@ class WindowOperator:
                 or max_time is None
                 or event_time_ms < max_time
                 or event_time_ms < watermark  # behind a deadline set by advance_to or flush
+                or event_time_ms > MAX_EVENT_TIME_MS  # the general path refuses it
             ):
                 return general(doc, event_time_ms, position, identity)
             if where is not None and not where(doc):
@@ -326,6 +333,7 @@ class WindowOperator:
                 or max_time is None
                 or event_time_ms < max_time
                 or event_time_ms < watermark
+                or event_time_ms > MAX_EVENT_TIME_MS
             ):
                 return general(doc, event_time_ms, position, identity)
             if where is not None and not where(doc):

@@ -495,6 +495,28 @@ def test_bad_group_by_values_are_record_errors_and_change_nothing() -> None:
     assert [r.values for r in feed.operator.flush()] == [{"card": "a", "n": 1}]
 
 
+@pytest.mark.parametrize("window", [Tumble(10), Hop(5, 10), Session(10), Sliding(10)])
+@pytest.mark.parametrize("entry", ["on_event", "handle"])
+def test_event_times_outside_the_years_1_to_9999_are_record_errors_and_change_nothing(
+    window: WindowKind, entry: str
+) -> None:
+    """The processor parses every time first (years 1..9999); a direct caller of the operator
+    gets the same refusal, before any state changes (a sliding key keeps 64-bit times)."""
+    feed = Feed(make_rule(window))
+    call = getattr(feed.operator, entry)
+    late = parse_event_time("9999-12-31T23:59:59.999Z")
+    call({"card": "a"}, late - 5, Position(1), "e1")
+    call({"card": "a"}, late, Position(2), "e2")  # the last millisecond of the range is taken
+    for bad in (late + 1, 2**63, -(2**63) - 1, parse_event_time("0001-01-01T00:00:00Z") - 1):
+        with pytest.raises(RecordError, match="outside the years 1 to 9999"):
+            call({"card": "a"}, bad, Position(3), "e3")
+        with pytest.raises(RecordError, match="outside the years 1 to 9999"):
+            call({"card": "new"}, bad, Position(3), "e3")
+    assert feed.operator.watermark_ms == late
+    assert feed.operator.state_size()[0] == 1  # no state for "new"
+    assert feed.operator.oldest_position() == Position(1)
+
+
 def test_missing_aggregate_field_is_null_not_an_error() -> None:
     feed = Feed(make_rule(Tumble(10), aggregates=(TOTAL,)))
     feed(1, amount=2)
