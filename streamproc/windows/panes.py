@@ -59,7 +59,7 @@ class PaneEngine:
         # final Hop rules keep a pane until the boundary where it leaves (its keys' cached
         # results change there); Tumble windows share no pane, early rules cache nothing
         self.keep = retention if early or slide == size else max(slide, retention)
-        self._panes: dict[int, _Pane] = {}
+        self.panes: dict[int, _Pane] = {}  # by start
         self.starts: list[int] = []  # pane starts, ascending
         self.by_key: dict[Hashable, dict[int, State]] = {}  # key -> its pane states by start
         self.next_end: int | None = None  # smallest boundary not processed yet
@@ -88,9 +88,9 @@ class PaneEngine:
             mine = self.by_key[key] = {}
         state = mine.get(start)
         if state is None:
-            pane = self._panes.get(start)
+            pane = self.panes.get(start)
             if pane is None:
-                pane = self._panes[start] = _Pane(rs)
+                pane = self.panes[start] = _Pane(rs)
                 insort(self.starts, start)
             state = mine[start] = pane.keys[key] = self._new_state(event_time)
         self._add(state, doc, event_time, seq)
@@ -197,7 +197,7 @@ class PaneEngine:
         self.fired.pop(start, None)
         if self.early:
             return
-        get = self._panes.get
+        get = self.panes.get
         by_key = self.by_key
         hot = self._hot
         changed: dict[Hashable, Any] = {}  # keys to evaluate again (values unused)
@@ -236,7 +236,7 @@ class PaneEngine:
         by_key = self.by_key
         while count < len(starts) and starts[count] <= horizon:
             start = starts[count]
-            for key in self._panes.pop(start).keys:
+            for key in self.panes.pop(start).keys:
                 mine = by_key[key]
                 del mine[start]
                 if not mine:
@@ -255,7 +255,7 @@ class PaneEngine:
         return self.starts[-1] + self.size + self._retention
 
     def drop_all(self) -> None:
-        self._panes.clear()
+        self.panes.clear()
         self.starts.clear()
         self.by_key.clear()
         self.fired.clear()
@@ -263,7 +263,7 @@ class PaneEngine:
         self._stale.clear()
 
     def oldest_rs(self) -> Pos | None:
-        return min((pane.rs for pane in self._panes.values()), default=None)
+        return min((pane.rs for pane in self.panes.values()), default=None)
 
     def state_size(self) -> tuple[int, int]:
         return len(self.by_key), sum(len(mine) for mine in self.by_key.values())
