@@ -12,7 +12,7 @@ from streamproc.windows.aggregates import TIME, AggregateSet
 from streamproc.windows.base import Engine, Evaluator, KeyReader, LateEvent, WindowResult
 from streamproc.windows.eventtime import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
 from streamproc.windows.panes import PaneEngine
-from streamproc.windows.sessions import SessionEngine
+from streamproc.windows.sessions import KeySession, SessionEngine
 from streamproc.windows.sliding import SlidingEngine
 from streamproc.windowspec import Hop, Session, Sliding, Tumble, WindowRule
 
@@ -343,10 +343,9 @@ class WindowOperator:
             key = None if key_name is None else doc.get(key_name)
             if key.__class__ is not str:
                 key = read_key(doc)
-            sessions = by_key.get(key)
-            if sessions is None or len(sessions) != 1:
+            session = by_key.get(key)
+            if session.__class__ is not KeySession:  # a new key, or one with two or more
                 return general(doc, event_time_ms, position, identity)
-            session = sessions[0]
             state = session.state
             # The session's last event is at or before every later one, so the event joins it
             # (and no other) exactly when it is within the gap of that last event.

@@ -7,7 +7,7 @@ the watermark reaches ``last + gap``.
 
 Deadlines live in one heap with lazy entries: extending an open session pushes nothing; when an
 entry comes due, a session whose deadline moved on is pushed again. An entry is live only while
-it is the session's latest (``_Session.due``), so merged-away sessions and superseded entries are
+it is the session's latest (``KeySession.due``), so merged-away sessions and superseded entries are
 skipped. Closed sessions of ``correction`` rules stay for ``gap`` ms after they close.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from bisect import insort
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from operator import attrgetter, itemgetter
 from typing import Any
 
@@ -24,13 +24,15 @@ from streamproc.records import Pos
 from streamproc.windows.aggregates import TIME, State
 from streamproc.windows.base import Evaluator, WindowResult
 
-__all__ = ["SessionEngine"]
+__all__ = ["KeySession", "SessionEngine"]
 
 _BY_START = attrgetter("start")
 _SORT_KEY = itemgetter(0)
 
 
-class _Session:
+class KeySession:
+    """One session of one key: its span, partial aggregates and emit/close flags."""
+
     __slots__ = ("closed", "dead", "due", "emitted", "key", "rs", "start", "state")
 
     def __init__(self, key: Hashable, start: int, state: State, rs: Pos) -> None:
@@ -53,8 +55,10 @@ class SessionEngine:
         self.gap = gap
         self._retention = retention
         self.early = early
-        self.by_key: dict[Hashable, list[_Session]] = {}  # sorted by start
-        self.heap: list[tuple[int, int, _Session]] = []
+        # A key's one session, or its two or more sessions sorted by start: most keys have one,
+        # and the fast path then reaches it without fetching a list from memory.
+        self.by_key: dict[Hashable, KeySession | list[KeySession]] = {}
+        self.heap: list[tuple[int, int, KeySession]] = []
         self._order = itertools.count()  # heap tie-breaker: sessions never compare
 
     def add(
@@ -71,18 +75,11 @@ class SessionEngine:
         out: list[WindowResult],
     ) -> None:
         gap = self.gap
-        sessions = self.by_key.get(key)
-        if sessions is None:
-            sessions = self.by_key[key] = []
-            joined: list[_Session] = []
-        elif len(sessions) == 1:
-            only = sessions[0]
-            inside = only.start - gap < event_time < only.state[TIME] + gap
-            joined = [only] if inside else []
-        else:
-            joined = [s for s in sessions if s.start - gap < event_time < s.state[TIME] + gap]
+        held = self.by_key.get(key)
+        sessions = [] if held is None else [held] if isinstance(held, KeySession) else held
+        joined = [s for s in sessions if s.start - gap < event_time < s.state[TIME] + gap]
         if not joined:
-            session = _Session(key, event_time, self.aggs.new_state(event_time), rs)
+            session = KeySession(key, event_time, self.aggs.new_state(event_time), rs)
             session.closed = True  # "was closed": a new session has no open window yet
             insort(sessions, session, key=_BY_START)
         else:
@@ -95,6 +92,7 @@ class SessionEngine:
                 sessions.remove(other)
             if event_time < session.start:
                 session.start = event_time
+        self.by_key[key] = sessions[0] if len(sessions) == 1 else sessions
         self.aggs.add(session.state, doc, event_time, seq)
         end = session.state[TIME] + gap
         if watermark is not None and end <= watermark:  # only a late event gets here
@@ -110,7 +108,7 @@ class SessionEngine:
 
     def emit_now(
         self,
-        session: _Session,
+        session: KeySession,
         end: int,
         event_time: int,
         position: Pos,
@@ -128,7 +126,7 @@ class SessionEngine:
                 )
             )
 
-    def schedule(self, session: _Session, due: int) -> None:
+    def schedule(self, session: KeySession, due: int) -> None:
         if session.due is None or due < session.due:
             session.due = due
             heapq.heappush(self.heap, (due, next(self._order), session))
@@ -161,7 +159,7 @@ class SessionEngine:
 
     def _close(
         self,
-        session: _Session,
+        session: KeySession,
         end: int,
         trigger: Pos | None,
         closing: list[tuple[tuple[int, str, int], WindowResult]],
@@ -183,26 +181,36 @@ class SessionEngine:
         session.emitted = True
         closing.append(((end, repr(output), session.start), result))
 
-    def _drop(self, session: _Session) -> None:
+    def _drop(self, session: KeySession) -> None:
         session.dead = True
-        sessions = self.by_key[session.key]
-        sessions.remove(session)
-        if not sessions:
-            del self.by_key[session.key]
+        key = session.key
+        held = self.by_key[key]
+        if isinstance(held, KeySession):  # the key's only session: this one
+            del self.by_key[key]
+            return
+        held.remove(session)
+        if len(held) == 1:
+            self.by_key[key] = held[0]
+
+    def _sessions(self) -> Iterator[KeySession]:
+        for held in self.by_key.values():
+            if isinstance(held, KeySession):
+                yield held
+            else:
+                yield from held
 
     def release_watermark(self) -> int | None:
-        ends = [s.state[TIME] for sessions in self.by_key.values() for s in sessions]
+        ends = [s.state[TIME] for s in self._sessions()]
         return max(ends) + self.gap + self._retention if ends else None
 
     def drop_all(self) -> None:
-        for sessions in self.by_key.values():
-            for session in sessions:
-                session.dead = True
+        for session in self._sessions():
+            session.dead = True
         self.by_key.clear()
         self.heap.clear()
 
     def oldest_rs(self) -> Pos | None:
-        return min((s.rs for ss in self.by_key.values() for s in ss), default=None)
+        return min((s.rs for s in self._sessions()), default=None)
 
     def state_size(self) -> tuple[int, int]:
-        return len(self.by_key), sum(len(sessions) for sessions in self.by_key.values())
+        return len(self.by_key), sum(1 for _ in self._sessions())
