@@ -184,7 +184,7 @@ class WindowOperator:
                 state = engine.start_key(key, event_time_ms, position)
                 count = 1
             else:
-                times = state.times
+                times = state  # the key's item times
                 oldest = state.first  # None: no items
                 if state.due is None or state.by_arrival is not None or oldest is None:
                     return general(doc, event_time_ms, position, identity)

@@ -24,7 +24,7 @@ from array import array
 from bisect import bisect_right
 from collections import deque
 from collections.abc import Hashable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamproc.records import Pos
 from streamproc.windows.base import Evaluator, WindowResult
@@ -35,9 +35,21 @@ __all__ = ["SlidingEngine"]
 _NO_VALUES: tuple[int, tuple[Any, ...]] = (0, ())
 
 
-class _KeyState:
-    """One key's items: ``times[i]``, ``setters[i]`` and (unless the rule is count-only)
-    ``rest[i]`` = (arrival sequence, extracted values) describe its i-th item in time order."""
+if TYPE_CHECKING:
+    _Times = array[int]
+else:
+    _Times = array
+
+
+class _KeyState(_Times):
+    """One key's items, in time order: the state is itself the array of their times (``state[i]``
+    is the i-th item's time), and ``setters[i]`` and (unless the rule is count-only) ``rest[i]``
+    = (arrival sequence, extracted values) describe the same item.
+
+    The times are 64-bit integers, not int objects: nothing per event for the collector to visit
+    or to free when the key goes. Event times fit: the operator takes the years 1 to 9999 only.
+    The state *is* the array, rather than holding one, to spare the hot path one object to fetch
+    from memory per event (keys are many and cold)."""
 
     __slots__ = (
         "basis",
@@ -48,18 +60,17 @@ class _KeyState:
         "previous",
         "rest",
         "setters",
-        "times",
     )
 
+    def __new__(cls, keeps_values: bool) -> _KeyState:
+        # (typeshed gives array.__new__ the result array[int], whatever the class)
+        return super().__new__(cls, "q")  # type: ignore[return-value]
+
     def __init__(self, keeps_values: bool) -> None:
-        # 64-bit integers, not int objects: nothing per event for the collector to visit or to
-        # free when the key goes. Event times fit: the window set takes them from
-        # parse_event_time (years 1..9999) or from the record's arrival time.
-        self.times: array[int] = array("q")
         self.setters: list[Pos] = []
         self.rest: list[tuple[int, tuple[Any, ...]]] | None = [] if keeps_values else None
-        # The time of times[0] (None: no items), read where times[0] itself would cost two
-        # memory misses: the fast path checks it on every event.
+        # The time of state[0] (None: no items), read where state[0] itself would cost a memory
+        # miss: the fast path checks it on every event.
         self.first: int | None = None
         # (time, record-setter) in arrival order: only after an out-of-order event.
         self.by_arrival: deque[tuple[int, Pos]] | None = None
@@ -108,10 +119,10 @@ class SlidingEngine:
             horizon = watermark - self.reach
             if state.first is not None and state.first <= horizon:
                 self._prune(state, horizon)
-            if not state.times:
+            if not state:  # no items
                 state.previous = False  # nothing within reach: the key starts afresh
         aggs = self._aggs
-        times, setters, rest = state.times, state.setters, state.rest
+        times, setters, rest = state, state.setters, state.rest
         by_arrival = state.by_arrival
         # Read before anything changes: a value the aggregates refuse leaves the key unchanged.
         values = _NO_VALUES if rest is None else (seq, aggs.extract(doc))
@@ -164,7 +175,7 @@ class SlidingEngine:
         """The state of a new key holding its first (in-order) item: :meth:`add` for an event
         of an unknown key in a count-only rule, as the operator's fast path uses it."""
         state = self.by_key[key] = _KeyState(False)
-        state.times.append(event_time)
+        state.append(event_time)
         state.setters.append(rs)
         state.first = event_time
         state.basis = rs
@@ -220,8 +231,8 @@ class SlidingEngine:
     @staticmethod
     def _prune(state: _KeyState, horizon: int) -> None:
         """Drop the items at or before ``horizon`` (the caller saw that the first one is)."""
-        gone = bisect_right(state.times, horizon)
-        del state.times[:gone]
+        gone = bisect_right(state, horizon)
+        del state[:gone]
         del state.setters[:gone]
         if state.rest is not None:
             del state.rest[:gone]
@@ -244,7 +255,7 @@ class SlidingEngine:
             if state.dead or due != state.due:
                 continue
             state.due = None
-            latest = state.times[-1] + self.reach
+            latest = state[-1] + self.reach
             if latest > watermark:
                 self._schedule(key, state, latest)
             else:
@@ -252,7 +263,7 @@ class SlidingEngine:
                 del self.by_key[key]
 
     def release_watermark(self) -> int | None:
-        latest = [state.times[-1] for state in self.by_key.values()]
+        latest = [state[-1] for state in self.by_key.values()]
         return max(latest) + self.reach if latest else None
 
     def drop_all(self) -> None:
@@ -265,4 +276,4 @@ class SlidingEngine:
         return min((s.basis for s in self.by_key.values() if s.basis is not None), default=None)
 
     def state_size(self) -> tuple[int, int]:
-        return len(self.by_key), sum(len(s.times) for s in self.by_key.values())
+        return len(self.by_key), sum(map(len, self.by_key.values()))

@@ -830,4 +830,4 @@ def test_sliding_keys_know_their_first_item_time_after_every_event(
         with contextlib.suppress(LateEvent):
             operator.handle({"card": card, "t": time}, time, Position(index + 1), f"e{index}")
         for state in engine.by_key.values():
-            assert state.first == (state.times[0] if state.times else None)
+            assert state.first == (state[0] if state else None)
