@@ -269,8 +269,6 @@ class WindowOperator:
             if key.__class__ is not str:
                 key = read_key(doc)  # normalizes other values, raises for bad ones
             start = event_time_ms - event_time_ms % slide
-            # The pane's own map of its keys, not by_key's map of each key's panes: one object
-            # fewer to fetch from memory (by_key[key][start] is the same state).
             pane = panes.get(start)
             state = None if pane is None else pane.keys.get(key)
             if state is None:  # the key's first event in this pane: the general path makes it

@@ -61,7 +61,6 @@ class PaneEngine:
         self.keep = retention if early or slide == size else max(slide, retention)
         self.panes: dict[int, _Pane] = {}  # by start
         self.starts: list[int] = []  # pane starts, ascending
-        self.by_key: dict[Hashable, dict[int, State]] = {}  # key -> its pane states by start
         self.next_end: int | None = None  # smallest boundary not processed yet
         self.fired: dict[int, set[Hashable]] = {}  # early: window start -> keys that fired
         self._hot: dict[Hashable, _Hot] = {}  # final: keys whose current window passes HAVING
@@ -83,16 +82,13 @@ class PaneEngine:
         out: list[WindowResult],
     ) -> None:
         start = event_time - event_time % self.slide
-        mine = self.by_key.get(key)
-        if mine is None:
-            mine = self.by_key[key] = {}
-        state = mine.get(start)
+        pane = self.panes.get(start)
+        if pane is None:
+            pane = self.panes[start] = _Pane(rs)
+            insort(self.starts, start)
+        state = pane.keys.get(key)
         if state is None:
-            pane = self.panes.get(start)
-            if pane is None:
-                pane = self.panes[start] = _Pane(rs)
-                insort(self.starts, start)
-            state = mine[start] = pane.keys[key] = self._new_state(event_time)
+            state = pane.keys[key] = self._new_state(event_time)
         self._add(state, doc, event_time, seq)
         if self.early and not late:
             # Every window of an on-time event is open; if the key fired in all of them,
@@ -125,10 +121,7 @@ class PaneEngine:
         slide, size = self.slide, self.size
         first = pane_start - size + slide
         last = pane_start + size  # the key's panes in [first, last) share a window with it
-        near = sorted(
-            ((q, state) for q, state in self.by_key[key].items() if first <= q < last),
-            key=_SORT_KEY,
-        )
+        near = self._states_of(key, first, last)
         starts = [start for start, _ in near]
         states = [state for _, state in near]
         output = self._keys.output(key)
@@ -162,6 +155,16 @@ class PaneEngine:
                     output, start, end, dict(values), event_time, position, identity, closed
                 )
             )
+
+    def _states_of(self, key: Hashable, first: int, last: int) -> list[tuple[int, State]]:
+        """(start, state) of ``key``'s panes starting in ``[first, last)``, in start order."""
+        found = []
+        panes = self.panes
+        for start in range(first, last, self.slide):
+            pane = panes.get(start)
+            if pane is not None and (state := pane.keys.get(key)) is not None:
+                found.append((start, state))
+        return found
 
     # -- time --------------------------------------------------------------------------------
 
@@ -198,7 +201,6 @@ class PaneEngine:
         if self.early:
             return
         get = self.panes.get
-        by_key = self.by_key
         hot = self._hot
         changed: dict[Hashable, Any] = {}  # keys to evaluate again (values unused)
         entering = get(end - slide)
@@ -213,8 +215,7 @@ class PaneEngine:
             self._stale = {}
         aggs, ev = self.aggs, self.ev
         for key in changed:
-            mine = by_key.get(key)
-            states = [] if mine is None else [s for q, s in mine.items() if start <= q < end]
+            states = [state for _, state in self._states_of(key, start, end)]
             if not states:
                 hot.pop(key, None)
                 continue
@@ -233,14 +234,8 @@ class PaneEngine:
     def _free(self, watermark: int) -> None:
         starts, horizon = self.starts, watermark - self.size - self.keep
         count = 0
-        by_key = self.by_key
         while count < len(starts) and starts[count] <= horizon:
-            start = starts[count]
-            for key in self.panes.pop(start).keys:
-                mine = by_key[key]
-                del mine[start]
-                if not mine:
-                    del by_key[key]
+            del self.panes[starts[count]]
             count += 1
         del starts[:count]
         if self.fired:
@@ -257,7 +252,6 @@ class PaneEngine:
     def drop_all(self) -> None:
         self.panes.clear()
         self.starts.clear()
-        self.by_key.clear()
         self.fired.clear()
         self._hot.clear()
         self._stale.clear()
@@ -266,4 +260,11 @@ class PaneEngine:
         return min((pane.rs for pane in self.panes.values()), default=None)
 
     def state_size(self) -> tuple[int, int]:
-        return len(self.by_key), sum(len(mine) for mine in self.by_key.values())
+        panes = self.panes.values()
+        items = sum(len(pane.keys) for pane in panes)
+        if len(panes) == 1 or not items:  # (the usual Tumble: no key in two panes)
+            return items, items
+        keys: set[Hashable] = set()
+        for pane in panes:
+            keys.update(pane.keys)
+        return len(keys), items
