@@ -44,9 +44,10 @@ def report(
     compare: bool = True,
     baseline: str | None = None,
 ) -> Row:
-    """``compare``: give the ratio to ``baseline`` (default: the hand-written loop); only rows
+    """Add a row for ``records`` processed in ``seconds`` (default: the benchmark's mean round).
+
+    ``compare``: give the ratio to ``baseline`` (default: the hand-written loop); only rows
     over the same records and rules should (the others say ``compare=False``)."""
-    """Add a row for ``records`` processed in ``seconds`` (default: the benchmark's mean round)."""
     if seconds is None:
         seconds = benchmark.stats.stats.mean
     row = Row(
