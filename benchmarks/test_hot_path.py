@@ -1,5 +1,7 @@
 """The hot path per shard: decode alone (the floor), the seed rules by hand and through the
-engine, and twenty rules. Run: ``make bench`` (``pytest benchmarks/ --benchmark-only``).
+engine, and twenty rules (also over the same records with their cards folded onto 500, to show
+what fetching per-key state from memory costs). Run: ``make bench``
+(``pytest benchmarks/ --benchmark-only``).
 
 Every benchmark processes the whole data set (``benchmarks/dataset.py``: 1,000,000 records by
 default) in batches of 1,000, on one core. The hand-written loop (``benchmarks/handloop.py``)
