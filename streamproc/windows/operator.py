@@ -150,6 +150,7 @@ class WindowOperator:
         general = self.on_event
         by_key = engine.by_key
         reach = engine.reach
+        prune = engine.prune
         range_ms = engine.range_ms
         holds_by_count = engine.holds_by_count
         if holds_by_count is None:  # pragma: no cover - the caller checked
@@ -192,21 +193,15 @@ class WindowOperator:
                 self._seq += 1
                 self._max_time = event_time_ms
                 self._record_setter = position
-                horizon = watermark - reach
-                if oldest <= horizon:  # items out of every future window's reach: drop them
-                    gone = bisect_right(times, horizon)
-                    setters = state.setters
-                    del times[:gone]
-                    del setters[:gone]
-                    if not times:
-                        state.previous = False  # nothing within reach: the key starts afresh
-                    times.append(event_time_ms)
-                    setters.append(position)
+                pruned = oldest <= watermark - reach
+                if pruned:  # items out of every future window's reach: drop them
+                    prune(state, watermark - reach)
+                times.append(event_time_ms)
+                setters = state.setters
+                setters.append(position)
+                if pruned:
                     state.basis = setters[0]  # replay from the oldest item still held
                     state.first = oldest = times[0]
-                else:
-                    times.append(event_time_ms)
-                    state.setters.append(position)
                 since = event_time_ms - range_ms  # the window is (since, event time]
                 count = len(times)
                 if oldest <= since:  # not every item is in it

@@ -118,9 +118,7 @@ class SlidingEngine:
         elif watermark is not None:
             horizon = watermark - self.reach
             if state.first is not None and state.first <= horizon:
-                self._prune(state, horizon)
-            if not state:  # no items
-                state.previous = False  # nothing within reach: the key starts afresh
+                self.prune(state, horizon)
         aggs = self._aggs
         times, setters, rest = state, state.setters, state.rest
         by_arrival = state.by_arrival
@@ -229,13 +227,16 @@ class SlidingEngine:
         )
 
     @staticmethod
-    def _prune(state: _KeyState, horizon: int) -> None:
-        """Drop the items at or before ``horizon`` (the caller saw that the first one is)."""
+    def prune(state: _KeyState, horizon: int) -> None:
+        """Drop the items at or before ``horizon`` (the caller saw that the first one is), and
+        set ``first`` again once the caller has added its event."""
         gone = bisect_right(state, horizon)
         del state[:gone]
         del state.setters[:gone]
         if state.rest is not None:
             del state.rest[:gone]
+        if not state:
+            state.previous = False  # nothing within reach: the key starts afresh
         # The arrival order's head only: an item behind a later one stays until it is the head
         # (a replay then starts earlier than it must, never later).
         by_arrival = state.by_arrival
