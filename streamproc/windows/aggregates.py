@@ -363,6 +363,14 @@ def _count_star_adder(count: int) -> Callable[[State, Mapping[str, Any], int, in
 # only (never rule text): field names, readers, adders and finishers are values in the function's
 # namespace, whose builtins are empty.
 
+# A distinct set holds the first string of each value it meets: with 50,000 cards and a few
+# dozen merchants, every card's set would keep its own copies (one object per record that
+# brought a new value), each a memory fetch when the next record's value is compared with it.
+# The adder keeps one string per value (``KNOWN_<slot>``, per rule and shard) and puts that in
+# the sets: equal strings are then the same object, found by identity, and stored once. Values
+# past the first _KNOWN_LIMIT are put in as they come (a high-cardinality field, e.g. ids).
+_KNOWN_LIMIT = 4096
+
 _ADD_HEAD = """
 def add(state, doc, event_time, seq):
     if event_time > state[0]:
@@ -387,7 +395,14 @@ _ADD_STEP: dict[str, str] = {
     value = {value}
     if value is not None:
         kind = value.__class__
-        if kind is str or kind is int or kind is float:
+        if kind is str:
+            known = KNOWN_{slot}.get(value)
+            if known is None:
+                if len(KNOWN_{slot}) < KNOWN_LIMIT:
+                    KNOWN_{slot}[value] = value
+                known = value
+            state[{slot}].add(known)
+        elif kind is int or kind is float:
             state[{slot}].add(value)
         elif (value := TOKEN(value)) is not None:
             state[{slot}].add(value)
@@ -408,6 +423,8 @@ def _generated_adder(
         "float": float,
         "str": str,
         "TOKEN": _distinct_token,
+        "KNOWN_LIMIT": _KNOWN_LIMIT,
+        "len": len,
     }
     source = [_ADD_HEAD]
     for aggregate, (slot, add), read in zip(aggregates, adds, readers, strict=True):
@@ -426,6 +443,8 @@ def _generated_adder(
         kind = aggregate.function if aggregate.function in _ADD_STEP else "call"
         if kind == "call":
             namespace[f"ADD_{slot}"] = add
+        elif kind == "count_distinct":
+            namespace[f"KNOWN_{slot}"] = {}
         source.append(_ADD_STEP[kind].format(slot=slot, value=value))
     return _function("".join(source), namespace, "add")
 

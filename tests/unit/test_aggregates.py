@@ -70,3 +70,28 @@ def test_generated_add_and_finish_equal_the_loops(
     assert [type(v) for v in aggregates.finish(generated)] == [
         type(v) for v in aggregates._finish(looped)
     ]
+
+
+def test_distinct_sets_of_different_keys_share_one_string_per_value() -> None:
+    """Each record decodes its own string objects; a distinct set keeps the rule's first one of
+    each value, so 50,000 cards' sets do not each hold copies. Past the limit of known values a
+    value goes in as it came, and counts are the same either way."""
+    aggregates = AggregateSet((Aggregate("count_distinct", "merchant", "COUNT(DISTINCT m)", "m"),))
+    first, second = aggregates.new_state(0), aggregates.new_state(0)
+    name = "Luxe Watches"
+    copies = [name[:4] + name[4:] for _ in range(3)]  # equal, not identical
+    assert len({id(c) for c in copies}) == 3
+    aggregates.add(first, {"merchant": copies[0]}, 1, 1)
+    aggregates.add(second, {"merchant": copies[1]}, 2, 2)
+    aggregates.add(second, {"merchant": copies[2]}, 3, 3)
+    (kept_first,) = first[1]
+    (kept_second,) = second[1]
+    assert kept_first is copies[0] and kept_second is copies[0]
+    assert aggregates.finish(second) == [1]
+
+    many = aggregates.new_state(0)
+    values = [f"m{i}" for i in range(5000)]  # more than the known values kept (4096)
+    for seq, value in enumerate(values + [v[:1] + v[1:] for v in values], start=1):
+        aggregates.add(many, {"merchant": value}, seq, seq)
+    assert aggregates.finish(many) == [5000]
+    assert many[1] == set(values)
