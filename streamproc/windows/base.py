@@ -287,7 +287,8 @@ class Engine(Protocol):
 
     ``watermark`` is the watermark *before* the event (None: no event yet); ``late`` tells that
     the event is behind it (accepted for correction). ``rs`` is the record-setter position to
-    stamp new state with (see the operator). Results go to ``out`` in the documented order.
+    stamp new state with (see the operator), ``rs_time`` its event time (the greatest so far).
+    Results go to ``out`` in the documented order.
     """
 
     def add(
@@ -299,6 +300,7 @@ class Engine(Protocol):
         identity: str,
         seq: int,
         rs: Pos,
+        rs_time: int,
         watermark: int | None,
         late: bool,
         out: list[WindowResult],

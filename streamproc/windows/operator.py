@@ -130,6 +130,7 @@ class WindowOperator:
             identity,
             self._seq,
             self._record_setter or position,  # never None here: set above at the latest
+            max_time,
             watermark,
             late,
             out,
@@ -182,7 +183,9 @@ class WindowOperator:
                 self._seq += 1
                 self._max_time = event_time_ms
                 self._record_setter = position
-                state = engine.start_key(key, event_time_ms, position)
+                if event_time_ms >= engine.next_mark:
+                    engine.mark(event_time_ms, position)
+                state = engine.start_key(key, event_time_ms)
                 count = 1
             else:
                 times = state  # the key's item times
@@ -193,14 +196,13 @@ class WindowOperator:
                 self._seq += 1
                 self._max_time = event_time_ms
                 self._record_setter = position
+                if event_time_ms >= engine.next_mark:
+                    engine.mark(event_time_ms, position)
                 pruned = oldest <= watermark - reach
                 if pruned:  # items out of every future window's reach: drop them
                     prune(state, watermark - reach)
                 times.append(event_time_ms)
-                setters = state.setters
-                setters.append(position)
                 if pruned:
-                    state.basis = setters[0]  # replay from the oldest item still held
                     state.first = oldest = times[0]
                 since = event_time_ms - range_ms  # the window is (since, event time]
                 count = len(times)

@@ -77,6 +77,7 @@ class PaneEngine:
         identity: str,
         seq: int,
         rs: Pos,
+        rs_time: int,
         watermark: int | None,
         late: bool,
         out: list[WindowResult],

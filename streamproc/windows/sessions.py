@@ -70,6 +70,7 @@ class SessionEngine:
         identity: str,
         seq: int,
         rs: Pos,
+        rs_time: int,
         watermark: int | None,
         late: bool,
         out: list[WindowResult],

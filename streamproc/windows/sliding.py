@@ -2,13 +2,21 @@
 
 Per key the engine keeps the accepted events that a future window can still reach, sorted by
 time (``bisect`` finds a window; in-order events append), in parallel arrays: their times (as
-64-bit integers), their record-setters and, for rules with other aggregates than ``COUNT(*)``,
-their (arrival, values). A count-only rule thus stores no object per event: 8 bytes of time and
-a reference to the position the event came with. Once an event of the key arrives out of order,
-(time, record-setter) pairs are also kept in arrival order, whose head gives the oldest position
-to replay from (until then the time order is the arrival order).
+64-bit integers) and, for rules with other aggregates than ``COUNT(*)``, their (arrival, values).
+A count-only rule thus stores no object per event: 8 bytes of time.
 An event's window holds the key's events that arrived so far with a time in its range, including
 out-of-order ones.
+
+Where a replay starts (``oldest_rs``) is found without a position per event. An event at or
+after every earlier one is a *record setter*; the engine keeps *marks*: for each second of event
+time, the first record setter it met in that second (a late event brings its record setter, the
+latest one before it, if that second has none yet). Every held event has a record setter at or
+before it (itself, if it is one), so the first mark of that setter's second, or of a later one,
+comes no later than the event: replaying from the mark of the earliest such second rebuilds
+every key. That is at most a second of event time earlier than the exact point. A key whose
+events all set records has their times as setter times; once one does not (it came late), the
+key also keeps (time, setter time) pairs in arrival order, whose head has the smallest setter
+time (record setters' times only grow).
 
 HAVING is edge-triggered per key: a result fires when HAVING holds after an event and did not
 hold after the key's previous event; it re-arms once HAVING is false again. Items at or before
@@ -21,7 +29,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -29,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 from streamproc.records import Pos
 from streamproc.windows.base import Evaluator, WindowResult
 
-__all__ = ["SlidingEngine"]
+__all__ = ["MARK_MS", "SlidingEngine"]
+
+MARK_MS = 1_000  # one mark (a replay point) per this much event time; see the module docstring
 
 # A count-only rule's stand-in for (arrival, values): read nothing, never stored.
 _NO_VALUES: tuple[int, tuple[Any, ...]] = (0, ())
@@ -43,39 +53,29 @@ else:
 
 class _KeyState(_Times):
     """One key's items, in time order: the state is itself the array of their times (``state[i]``
-    is the i-th item's time), and ``setters[i]`` and (unless the rule is count-only) ``rest[i]``
-    = (arrival sequence, extracted values) describe the same item.
+    is the i-th item's time), and (unless the rule is count-only) ``rest[i]`` = (arrival
+    sequence, extracted values) describes the same item.
 
     The times are 64-bit integers, not int objects: nothing per event for the collector to visit
     or to free when the key goes. Event times fit: the operator takes the years 1 to 9999 only.
     The state *is* the array, rather than holding one, to spare the hot path one object to fetch
     from memory per event (keys are many and cold)."""
 
-    __slots__ = (
-        "basis",
-        "by_arrival",
-        "dead",
-        "due",
-        "first",
-        "previous",
-        "rest",
-        "setters",
-    )
+    __slots__ = ("by_arrival", "dead", "due", "first", "previous", "rest")
 
     def __new__(cls, keeps_values: bool) -> _KeyState:
         # (typeshed gives array.__new__ the result array[int], whatever the class)
         return super().__new__(cls, "q")  # type: ignore[return-value]
 
     def __init__(self, keeps_values: bool) -> None:
-        self.setters: list[Pos] = []
         self.rest: list[tuple[int, tuple[Any, ...]]] | None = [] if keeps_values else None
         # The time of state[0] (None: no items), read where state[0] itself would cost a memory
         # miss: the fast path checks it on every event.
         self.first: int | None = None
-        # (time, record-setter) in arrival order: only after an out-of-order event.
-        self.by_arrival: deque[tuple[int, Pos]] | None = None
+        # (time, record-setter's time) in arrival order: only once an event was not a record
+        # setter. Until then every item is its own record setter.
+        self.by_arrival: deque[tuple[int, int]] | None = None
         self.previous = False  # HAVING held after the key's previous event
-        self.basis: Pos | None = None  # where a replay rebuilds ``previous`` and the items
         self.dead = False
         self.due: int | None = None
 
@@ -98,6 +98,14 @@ class SlidingEngine:
         self.holds_by_count: dict[int, bool] | None = (
             {} if self._aggs.count_star_only and evaluator.having_ignores_key else None
         )
+        # Marks (see the module docstring): the seconds (time // MARK_MS) in increasing order
+        # and the first record setter met in each; next_mark is where the next second starts.
+        self.mark_seconds: list[int] = []
+        self.mark_positions: list[Pos] = []
+        self.next_mark = -(2**63)
+        self._mark_ms = MARK_MS  # (read here, so that tests can set a finer one)
+        # Marks are trimmed past this many (to those a held item can need), at close_until.
+        self._marks_kept = max(64, 2 * (self.reach // self._mark_ms + 1))
 
     def add(
         self,
@@ -108,10 +116,13 @@ class SlidingEngine:
         identity: str,
         seq: int,
         rs: Pos,
+        rs_time: int,
         watermark: int | None,
         late: bool,
         out: list[WindowResult],
     ) -> None:
+        if rs_time >= self.next_mark:
+            self.mark(rs_time, rs)
         state = self.by_key.get(key)
         if state is None:
             state = self.by_key[key] = _KeyState(not self._aggs.count_star_only)
@@ -120,30 +131,27 @@ class SlidingEngine:
             if state.first is not None and state.first <= horizon:
                 self.prune(state, horizon)
         aggs = self._aggs
-        times, setters, rest = state, state.setters, state.rest
+        times, rest = state, state.rest
         by_arrival = state.by_arrival
         # Read before anything changes: a value the aggregates refuse leaves the key unchanged.
         values = _NO_VALUES if rest is None else (seq, aggs.extract(doc))
+        if by_arrival is None and event_time < rs_time:  # not a record setter
+            # every item so far was its own record setter, and they arrived in time order
+            by_arrival = state.by_arrival = deque(zip(times, times, strict=True))
+        if by_arrival is not None:
+            by_arrival.append((event_time, rs_time))
         if not times or times[-1] <= event_time:
             times.append(event_time)
-            setters.append(rs)
             if rest is not None:
                 rest.append(values)
-            if by_arrival is not None:
-                by_arrival.append((event_time, rs))
             high = len(times)  # in order: every item is at or before this event
         else:
-            if by_arrival is None:  # the time order so far is the arrival order
-                by_arrival = state.by_arrival = deque(zip(times, setters, strict=True))
-            by_arrival.append((event_time, rs))
             # After every item of the same time: they arrived earlier.
             index = bisect_right(times, event_time)
             times.insert(index, event_time)
-            setters.insert(index, rs)
             if rest is not None:
                 rest.insert(index, values)
             high = index + 1
-        state.basis = setters[0] if by_arrival is None else by_arrival[0][1]
         state.first = times[0]
         due = times[-1] + self.reach
         if state.due is None or due < state.due:
@@ -169,14 +177,20 @@ class SlidingEngine:
                 out.append(self._result(output, event_time, values_now, position, identity, late))
         state.previous = holds
 
-    def start_key(self, key: Hashable, event_time: int, rs: Pos) -> _KeyState:
-        """The state of a new key holding its first (in-order) item: :meth:`add` for an event
-        of an unknown key in a count-only rule, as the operator's fast path uses it."""
+    def mark(self, rs_time: int, rs: Pos) -> None:
+        """Make the record setter ``rs`` the mark of its second: callers check that ``rs_time``
+        is at or after ``next_mark``, so that second has none yet."""
+        second = rs_time // self._mark_ms
+        self.mark_seconds.append(second)
+        self.mark_positions.append(rs)
+        self.next_mark = (second + 1) * self._mark_ms
+
+    def start_key(self, key: Hashable, event_time: int) -> _KeyState:
+        """The state of a new key holding its first item, a record setter already marked:
+        :meth:`add` for such an event in a count-only rule, as the operator's fast path uses it."""
         state = self.by_key[key] = _KeyState(False)
         state.append(event_time)
-        state.setters.append(rs)
         state.first = event_time
-        state.basis = rs
         state.due = due = event_time + self.reach
         heapq.heappush(self.heap, (due, next(self._order), key, state))
         return state
@@ -232,7 +246,6 @@ class SlidingEngine:
         set ``first`` again once the caller has added its event."""
         gone = bisect_right(state, horizon)
         del state[:gone]
-        del state.setters[:gone]
         if state.rest is not None:
             del state.rest[:gone]
         if not state:
@@ -250,6 +263,8 @@ class SlidingEngine:
 
     def close_until(self, watermark: int, trigger: Pos | None, out: list[WindowResult]) -> None:
         """Forget keys whose every item is beyond reach (sliding results fire on events only)."""
+        if len(self.mark_seconds) > self._marks_kept:
+            self._trim_marks()
         heap = self.heap
         while heap and heap[0][0] <= watermark:
             due, _, key, state = heapq.heappop(heap)
@@ -262,6 +277,8 @@ class SlidingEngine:
             else:
                 state.dead = True
                 del self.by_key[key]
+                if not self.by_key:
+                    self._trim_marks()  # nothing held: every mark goes
 
     def release_watermark(self) -> int | None:
         latest = [state[-1] for state in self.by_key.values()]
@@ -272,9 +289,45 @@ class SlidingEngine:
             state.dead = True
         self.by_key.clear()
         self.heap.clear()
+        self._trim_marks()
+
+    def _oldest_setter_time(self) -> int | None:
+        """The smallest record-setter time of any held item (None: no item held)."""
+        oldest: int | None = None
+        for state in self.by_key.values():
+            by_arrival = state.by_arrival
+            if by_arrival:
+                held = by_arrival[0][1]
+            elif state:
+                held = state[0]
+            else:  # pragma: no cover - a held key has an item
+                continue
+            if oldest is None or held < oldest:
+                oldest = held
+        return oldest
+
+    def _mark_index(self, setter_time: int) -> int:
+        """Index of the first mark at or after the second of ``setter_time``."""
+        return bisect_left(self.mark_seconds, setter_time // self._mark_ms)
+
+    def _trim_marks(self) -> None:
+        """Drop the marks no held item can need: those before the oldest one's second, or all
+        of them once nothing is held (then the operator's latest record setter is where a
+        replay starts, and the next item marks its second afresh, at or after it)."""
+        oldest = self._oldest_setter_time()
+        if oldest is None:
+            self.mark_seconds.clear()
+            self.mark_positions.clear()
+            self.next_mark = -(2**63)
+            return
+        gone = self._mark_index(oldest)
+        if gone > 0:
+            del self.mark_seconds[:gone]
+            del self.mark_positions[:gone]
 
     def oldest_rs(self) -> Pos | None:
-        return min((s.basis for s in self.by_key.values() if s.basis is not None), default=None)
+        oldest = self._oldest_setter_time()
+        return None if oldest is None else self.mark_positions[self._mark_index(oldest)]
 
     def state_size(self) -> tuple[int, int]:
         return len(self.by_key), sum(map(len, self.by_key.values()))

@@ -683,6 +683,27 @@ def test_sliding_replay_point_covers_items_that_arrived_before_older_ones() -> N
     assert got == expected
 
 
+def test_sliding_replay_point_stays_put_for_a_late_event_of_an_earlier_second() -> None:
+    """Replay points are the first record setter of each second (MARK_MS) of event time. A late
+    event may have a time in a second whose events are all gone; its replay point is that of its
+    record setter's second, so the shard's point never moves back (the runtime reuses an older
+    one, which must never be later than the current one)."""
+    feed = Feed(make_rule(Sliding(500), allowed_lateness_ms=300))
+    feed(100, card="a")  # second 0: its mark is record 1
+    feed(1_200, card="b")  # second 1: record 2; the watermark (900) forgets a (600)
+    assert feed.operator.state_size() == (1, 1)
+    assert feed.operator.oldest_position() == Position(2)
+    feed(950, card="c")  # on time (>= 900), in second 0, behind record 2
+    assert feed.operator.state_size() == (2, 2)
+    assert feed.operator.oldest_position() == Position(2)
+    feed(1_300, card="d")  # second 1, already marked by record 2
+    assert feed.operator.state_size() == (3, 3)
+    assert feed.operator.oldest_position() == Position(2)
+    feed(2_200, card="e")  # the watermark (1,900) forgets b, c and d: e alone, second 2's mark
+    assert feed.operator.state_size() == (1, 1)
+    assert feed.operator.oldest_position() == Position(5)
+
+
 def test_restart_by_replay_gives_the_same_results() -> None:
     rule = make_rule(Hop(MINUTE, 10 * MINUTE), having=n_at_least(3))
     times = [(i * 7_919) % (40 * MINUTE) + i * 1000 for i in range(300)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from streamproc.records import Position
-from streamproc.windows import LateEvent, WindowOperator, WindowResult
+from streamproc.windows import LateEvent, WindowOperator, WindowResult, sliding
 from streamproc.windowspec import (
     Aggregate,
     Hop,
@@ -31,6 +31,29 @@ from streamproc.windowspec import (
 )
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# Sliding replay points are kept per second of event time (``MARK_MS``); these streams span a
+# few hundred ms. Marks of 3 ms make replays start at many different points; marks of 40 ms are
+# wider than every range here (as a second is wider than a 500 ms window), so every event of a
+# mark can be gone while a late one with a time in it arrives. The module runs with 3 ms; the
+# replay-point tests also run with 40 ms.
+MARK_WIDTHS = [3, 40]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fine_sliding_marks() -> Iterator[None]:
+    with marks(MARK_WIDTHS[0]):
+        yield
+
+
+@contextlib.contextmanager
+def marks(width: int) -> Iterator[None]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sliding, "MARK_MS", width)
+        yield
+
+
 AGGREGATES = (
     Aggregate("count", None, "COUNT(*)", "n"),
     Aggregate("sum", "amount", "SUM(amount)", "total"),
@@ -508,14 +531,19 @@ def test_same_stream_same_results(case: Case, events: list[Event]) -> None:
     assert repr(once) == repr(again)
 
 
-@pytest.mark.parametrize("kind", ALL_KINDS)
-def test_restart_by_replay_from_oldest_position(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "width"),
+    [(kind, MARK_WIDTHS[0]) for kind in ALL_KINDS]
+    + [("sliding", width) for width in MARK_WIDTHS[1:]],
+)
+def test_restart_by_replay_from_oldest_position(kind: str, width: int) -> None:
     @SETTINGS
     @given(case=cases(kind), events=streams(), data=st.data())
     def check(case: Case, events: list[Event], data: st.DataObject) -> None:
         restart_by_replay(case, events, data)
 
-    check()
+    with marks(width):
+        check()
 
 
 def restart_by_replay(case: Case, events: list[Event], data: st.DataObject) -> None:
@@ -541,9 +569,15 @@ def restart_by_replay(case: Case, events: list[Event], data: st.DataObject) -> N
     assert rest == expected[split:]
 
 
+@pytest.mark.parametrize("width", MARK_WIDTHS)
+def test_oldest_position_only_moves_forward_and_bounds_held_state(width: int) -> None:
+    with marks(width):
+        oldest_position_only_moves_forward_and_bounds_held_state()
+
+
 @SETTINGS
 @given(case=CASES, events=streams())
-def test_oldest_position_only_moves_forward_and_bounds_held_state(
+def oldest_position_only_moves_forward_and_bounds_held_state(
     case: Case, events: list[Event]
 ) -> None:
     operator = WindowOperator(case.rule())
