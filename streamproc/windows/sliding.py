@@ -104,8 +104,12 @@ class SlidingEngine:
         self.mark_positions: list[Pos] = []
         self.next_mark = -(2**63)
         self._mark_ms = MARK_MS  # (read here, so that tests can set a finer one)
-        # Marks are trimmed past this many (to those a held item can need), at close_until.
-        self._marks_kept = max(64, 2 * (self.reach // self._mark_ms + 1))
+        # Marks are trimmed (to those a held item can need) at close_until once there are more
+        # than _marks_kept, which is then twice what is left: a trim costs O(keys), and the
+        # items held can span more than the reach (lateness, keys not pruned since their last
+        # event), so trims come at most once per as many new seconds as marks are left.
+        self._marks_floor = max(64, 2 * (self.reach // self._mark_ms + 1))
+        self._marks_kept = self._marks_floor
 
     def add(
         self,
@@ -319,11 +323,10 @@ class SlidingEngine:
             self.mark_seconds.clear()
             self.mark_positions.clear()
             self.next_mark = -(2**63)
-            return
-        gone = self._mark_index(oldest)
-        if gone > 0:
+        elif (gone := self._mark_index(oldest)) > 0:
             del self.mark_seconds[:gone]
             del self.mark_positions[:gone]
+        self._marks_kept = max(self._marks_floor, 2 * len(self.mark_seconds))
 
     def oldest_rs(self) -> Pos | None:
         oldest = self._oldest_setter_time()

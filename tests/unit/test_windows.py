@@ -852,3 +852,25 @@ def test_sliding_keys_know_their_first_item_time_after_every_event(
             operator.handle({"card": card, "t": time}, time, Position(index + 1), f"e{index}")
         for state in engine.by_key.values():
             assert state.first == (state[0] if state else None)
+
+
+@pytest.mark.parametrize("lateness", [0, 600_000])
+def test_sliding_marks_stay_few_over_a_long_stream(lateness: int) -> None:
+    """One mark per second of event time is kept only while a held item can need it: over an
+    hour of events the marks stay near the seconds the held items span (the range, plus the
+    lateness that keeps items held), and the replay point is the mark of the oldest one."""
+    feed = Feed(make_rule(Sliding(10_000), allowed_lateness_ms=lateness))
+    engine = feed.operator._engine
+    assert isinstance(engine, SlidingEngine)
+    most = 0
+    for index in range(7_200):  # an event every 500 ms for an hour, over three cards
+        feed(index * 500, card=f"c{index % 3}")
+        most = max(most, len(engine.mark_seconds))
+    span = (10_000 + lateness) // 1_000 + 2  # seconds a held item's mark can be behind
+    assert most <= max(64, 2 * span) + 1
+    assert feed.operator.state_size()[0] == 3
+    oldest_time = min(state[0] for state in engine.by_key.values())
+    # every event sets a record: second s's mark is the event at s * 1000 ms, record 2s + 1
+    expected = Position(oldest_time // 1_000 * 2 + 1)
+    assert feed.operator.oldest_position() == expected
+    assert expected.sequence_number < 7_200 - (10_000 + lateness) // 500  # not the last one
