@@ -418,13 +418,16 @@ class WindowOperator:
     def oldest_position(self) -> Pos | None:
         """Where a replay must start to rebuild this operator's state exactly (None: no event).
 
-        It is the latest *record setter* (an event whose time was >= every earlier one) at or
-        before the first record of any state still held (open windows, retained closed windows,
-        sliding items, and the records behind a sliding key's edge-trigger). Starting at a record
-        setter rebuilds the watermark too, so every replayed event is judged late or on time as
-        before. With no state held it is the latest record setter. Feed a fresh operator the
-        records from here up to the last processed one (discarding their results): it then
-        continues exactly as this one would. ``advance_to``/``flush`` are not rebuilt.
+        It is a *record setter* (an event whose time was >= every earlier one) at or before the
+        first record of any state still held (open windows, retained closed windows, sliding
+        items, and the records behind a sliding key's edge-trigger): the latest such one, except
+        in a sliding rule, which keeps one per second of event time (see
+        :mod:`~streamproc.windows.sliding`) and gives the first of the oldest needed second.
+        Starting at a record setter rebuilds the watermark too, so every replayed event is
+        judged late or on time as before. With no state held it is the latest record setter. It
+        only moves forward. Feed a fresh operator the records from here up to the last processed
+        one (discarding their results): it then continues exactly as this one would.
+        ``advance_to``/``flush`` are not rebuilt.
         """
         held = self._engine.oldest_rs()
         return held if held is not None else self._record_setter
