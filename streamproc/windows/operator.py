@@ -180,11 +180,6 @@ class WindowOperator:
                 key = read_key(doc)  # normalizes other values, raises for bad ones
             state = by_key.get(key)
             if state is None:  # a new key: its first item
-                self._seq += 1
-                self._max_time = event_time_ms
-                self._record_setter = position
-                if event_time_ms >= engine.next_mark:
-                    engine.mark(event_time_ms, position)
                 state = engine.start_key(key, event_time_ms)
                 count = 1
             else:
@@ -193,11 +188,6 @@ class WindowOperator:
                 if state.due is None or state.by_arrival is not None or oldest is None:
                     return general(doc, event_time_ms, position, identity)
                 # From here on exactly what the general path does for such an event.
-                self._seq += 1
-                self._max_time = event_time_ms
-                self._record_setter = position
-                if event_time_ms >= engine.next_mark:
-                    engine.mark(event_time_ms, position)
                 pruned = oldest <= watermark - reach
                 if pruned:  # items out of every future window's reach: drop them
                     prune(state, watermark - reach)
@@ -208,6 +198,12 @@ class WindowOperator:
                 count = len(times)
                 if oldest <= since:  # not every item is in it
                     count -= bisect_right(times, since)
+            # The event sets a record (its time is at or after every earlier one).
+            self._seq += 1
+            self._max_time = event_time_ms
+            self._record_setter = position
+            if event_time_ms >= engine.next_mark:
+                engine.mark(event_time_ms, position)
             holds = holds_by_count.get(count)
             if holds is None:
                 holds = engine.count_holds(key, event_time_ms, count)

@@ -190,7 +190,7 @@ class SlidingEngine:
         self.next_mark = (second + 1) * self._mark_ms
 
     def start_key(self, key: Hashable, event_time: int) -> _KeyState:
-        """The state of a new key holding its first item, a record setter already marked:
+        """The state of a new key holding its first item, a record setter (the caller marks it):
         :meth:`add` for such an event in a count-only rule, as the operator's fast path uses it."""
         state = self.by_key[key] = _KeyState(False)
         state.append(event_time)
@@ -298,14 +298,9 @@ class SlidingEngine:
     def _oldest_setter_time(self) -> int | None:
         """The smallest record-setter time of any held item (None: no item held)."""
         oldest: int | None = None
-        for state in self.by_key.values():
+        for state in self.by_key.values():  # (a held key has an item)
             by_arrival = state.by_arrival
-            if by_arrival:
-                held = by_arrival[0][1]
-            elif state:
-                held = state[0]
-            else:  # pragma: no cover - a held key has an item
-                continue
+            held = by_arrival[0][1] if by_arrival else state[0]
             if oldest is None or held < oldest:
                 oldest = held
         return oldest
