@@ -52,22 +52,20 @@ class WindowSet:
             (r.name, r.version, r.severity, sinks, isinstance(r.window, Sliding), r.group_by)
             for r, sinks in zip(self.rules, self._sinks, strict=True)
         ]
-        # Rules reading the same time field share its parse: each rule has the slot of its
-        # field (first appearance order), and a record's time is read once per run of a slot.
-        slots: dict[str | None, int] = {}
-        self._plan = [
-            (
-                index,
-                rule,
-                slots.setdefault(rule.time_field, len(slots)),
-                None if rule.time_field is None or "." in rule.time_field else rule.time_field,
-                getter,
-                operator.handle,
-            )
-            for index, (rule, getter, operator) in enumerate(
-                zip(self.rules, self._time_getters, self.operators, strict=True)
-            )
-        ]
+        # Rules reading the same time field share its parse: consecutive rules of one field
+        # form a run, and a record's time is read once per run. Each run: the field's name if
+        # it is a top-level one (read directly), its getter (None: arrival time), and per rule
+        # (index, name, handler). Most rule sets are one run.
+        self._runs: list[tuple[str | None, Any, list[tuple[int, str, Any]]]] = []
+        run_field: object = object()  # no field yet
+        for index, (rule, getter, operator) in enumerate(
+            zip(self.rules, self._time_getters, self.operators, strict=True)
+        ):
+            if rule.time_field != run_field:
+                run_field = rule.time_field
+                top = None if rule.time_field is None or "." in rule.time_field else rule.time_field
+                self._runs.append((top, getter, []))
+            self._runs[-1][2].append((index, rule.name, operator.handle))
         self.late_events = [0] * len(self.rules)
         # Watermarks set by flushes (idle or end-of-shard closes), per rule, and the wall-clock
         # time of the latest close: replaying records cannot reproduce these, so they are
@@ -90,46 +88,44 @@ class WindowSet:
         results are dropped then. Rejections (missing fields, bad time, late events) are
         appended to ``rejected`` as (rule name, reason) for the caller to dead-letter.
         """
-        arrival = record.arrival_ms
-        limit = arrival + self.max_skew_ms if self.max_skew_ms is not None and arrival else None
-        read = -1  # the slot whose time event_ms (or error) holds
-        event_ms = 0
-        error: str | None = None
-        for index, rule, slot, name, getter, on_event in self._plan:
-            if slot != read:
-                read = slot
-                error = None
-                try:
-                    if getter is None:
-                        event_ms = arrival
-                    else:  # a top-level field is read directly; the getter says why one is missing
-                        value = None if name is None else doc.get(name)
-                        event_ms = parse_event_time(getter(doc) if value is None else value)
-                    if limit is not None and event_ms > limit:
-                        raise RecordError(
-                            f"event time {format_event_time(event_ms)} is more than "
-                            f"{self.max_skew_ms // 1000} s ahead of the record's arrival time "  # type: ignore[operator]
-                            f"{format_event_time(arrival)}"
-                        )
-                except RecordError as exc:
-                    error = exc.reason
-            if error is not None:
-                rejected.append((rule.name, f"{error} (rule {rule.name!r})"))
-                continue
+        arrival = record.arrival_ms  # 0: not known
+        skew = self.max_skew_ms
+        for name, getter, run in self._runs:
             try:
-                results = on_event(doc, event_ms, position, identity)
-            except LateEvent as exc:
-                if alerts is not None:  # not while restoring: it was counted the first time
-                    self.late_events[index] += 1
-                rejected.append((rule.name, exc.reason))
-                continue
+                if getter is None:
+                    event_ms = arrival
+                else:  # a top-level field is read directly; the getter says why one is missing
+                    value = None if name is None else doc.get(name)
+                    event_ms = parse_event_time(getter(doc) if value is None else value)
+                    if skew is not None and arrival and event_ms > arrival + skew:
+                        raise self._skewed(event_ms, arrival)
             except RecordError as exc:
-                rejected.append((rule.name, f"{exc.reason} (rule {rule.name!r})"))
+                for _, rule_name, _ in run:
+                    rejected.append((rule_name, f"{exc.reason} (rule {rule_name!r})"))
                 continue
-            if alerts is not None and results:
-                self.add_alerts(
-                    index, results, record.shard_id, position, alerts, record.sequence_number
-                )
+            for index, rule_name, on_event in run:
+                try:
+                    results = on_event(doc, event_ms, position, identity)
+                except LateEvent as exc:
+                    if alerts is not None:  # not while restoring: it was counted the first time
+                        self.late_events[index] += 1
+                    rejected.append((rule_name, exc.reason))
+                    continue
+                except RecordError as exc:
+                    rejected.append((rule_name, f"{exc.reason} (rule {rule_name!r})"))
+                    continue
+                if results and alerts is not None:
+                    self.add_alerts(
+                        index, results, record.shard_id, position, alerts, record.sequence_number
+                    )
+
+    def _skewed(self, event_ms: int, arrival_ms: int) -> RecordError:
+        """Why an event time too far ahead of its record's arrival is refused."""
+        return RecordError(
+            f"event time {format_event_time(event_ms)} is more than "
+            f"{(self.max_skew_ms or 0) // 1000} s ahead of the record's arrival time "
+            f"{format_event_time(arrival_ms)}"
+        )
 
     def flush(self, shard_id: str, last: Pos | None) -> list[Alert]:
         """Close every open window now (idle deadline, end of a replay file)."""
