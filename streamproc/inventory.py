@@ -129,12 +129,6 @@ _Key = tuple[str, str]
 _Batch = tuple[Pos, Pos, tuple[tuple[_Key, _Stock], ...]]
 
 
-def _value(stock: _Stock) -> dict[str, Any]:
-    """A snapshot item's value (JSON)."""
-    quantity, armed, rate, rate_ms = stock
-    return {"q": quantity, "a": armed, "r": rate, "t": rate_ms}
-
-
 class _InventoryState(ShardState):
     def __init__(self, rule: InventoryRule, shard_id: str, sinks: tuple[str, ...]) -> None:
         self.rule = rule
@@ -317,12 +311,18 @@ class _InventoryState(ShardState):
 
     def snapshot(self, through: Position | None) -> list[StateItem]:
         """Each product changed by the batches that end at or before ``through``, with its stock
-        after them; ``through`` must not fall inside a batch (ValueError)."""
+        after them; ``through`` must not fall inside a batch (ValueError).
+
+        Every item is stamped with ``through``: its value counts every record of its product up
+        to there (a later change of the product is after ``through``), which is what a restart
+        skips. At full speed a checkpoint snapshots tens of thousands of products, so the
+        changes are merged per batch in C (``dict.update``) and each item is made in one step,
+        with one position shared by all."""
         items = list(self._inherited)
         if through is None:
             return items
-        latest: dict[_Key, tuple[Pos, _Stock]] = {}
-        for first, last, changes in self._batches:  # in record order
+        latest: dict[_Key, _Stock] = {}
+        for first, last, changes in self._batches:  # in record order: the latest change wins
             if last > through:
                 if first <= through:
                     raise ValueError(
@@ -330,18 +330,19 @@ class _InventoryState(ShardState):
                         f"batch changed stock from {first} to {last}; snapshot at a batch end"
                     )
                 break
-            for key, stock in changes:
-                latest[key] = (last, stock)
-        for key, (position, stock) in latest.items():
-            items.append(
+            latest.update(changes)
+        if latest:
+            name, shard_id, at = self.rule.name, self.shard_id, Position(*through)
+            items += [
                 StateItem(
-                    self.rule.name,
-                    _key_text(key),
-                    _value(stock),
-                    self.shard_id,
-                    Position(*position),
+                    name,
+                    f"{store}\x1f{product}",
+                    {"q": quantity, "a": armed, "r": rate, "t": rate_ms},  # JSON, read by load
+                    shard_id,
+                    at,
                 )
-            )
+                for (store, product), (quantity, armed, rate, rate_ms) in latest.items()
+            ]
         return items
 
     def commit(self, through: Position | None) -> None:
@@ -386,11 +387,8 @@ def _read(
     return store, product, delta, at_ms
 
 
-def _key_text(key: tuple[str, str]) -> str:
-    return f"{key[0]}\x1f{key[1]}"
-
-
 def _split_key(text: str) -> tuple[str, str]:
+    """(store, product) of a snapshot item's key, ``store\x1fproduct``."""
     store, _, product = text.partition("\x1f")
     return store, product
 

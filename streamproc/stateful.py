@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from streamproc.records import Alert, DeadLetter, Pos, Position, Record
+from streamproc.records import Alert, DeadLetter, Pos, Position, Record, quick_init
 
 
+@quick_init  # snapshots make tens of thousands at a checkpoint
 @dataclass(frozen=True, slots=True)
 class StateItem:
     """One key's state in a snapshot: ``value`` (JSON-able) after every record of that key up to
