@@ -7,12 +7,14 @@ The data set (``benchmarks/dataset.py``) is generated once and cached under ``.c
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from benchmarks import dataset
 from benchmarks.summary import ROWS, table
+from streamproc.emulators import MotoServer, start_moto
 from streamproc.records import Record
 
 BATCH = 1_000  # records per processor call, like one GetRecords/processRecords batch
@@ -39,6 +41,16 @@ def batches(records: list[Record]) -> list[list[Record]]:
     gc.collect()
     gc.freeze()
     return items
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoServer]:
+    """moto's server in this process, on a free port of 127.0.0.1, as ``run --local`` starts it."""
+    server = start_moto()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

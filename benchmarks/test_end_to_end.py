@@ -40,7 +40,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from connectors.checkpoints import DynamoDbCheckpointStore
 from streamproc.app import build_app, build_parts
 from streamproc.config import Config, DeadLetterConfig, MetricsConfig, RulesConfig, SourceConfig
 from streamproc.demo import Producer
-from streamproc.emulators import LOCAL_CREDENTIALS, MotoServer, start_moto
+from streamproc.emulators import LOCAL_CREDENTIALS, MotoServer
 from streamproc.interfaces import Delivery, Outcome, ShardReader, Sink
 from streamproc.local import LocalResources, provision
 from streamproc.metrics import Totals
@@ -78,16 +78,6 @@ def _env_int(name: str, default: int) -> int:
 
 
 # ------------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def moto() -> Iterator[MotoServer]:
-    """moto's server in this process, on a free port of 127.0.0.1, as ``run --local`` starts it."""
-    server = start_moto()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
