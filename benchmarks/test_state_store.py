@@ -34,6 +34,7 @@ from streamproc.processor import ShardProcessor
 from streamproc.records import Position, Record
 from streamproc.ruleset import RuleSet, load_rules
 from streamproc.stateful import StateItem
+from tests.integration.e2e import create_table
 
 pytestmark = pytest.mark.timeout(600)
 SEED = Path(__file__).resolve().parent / "rulesets" / "seed.py"
@@ -76,18 +77,7 @@ def test_state_save(
         "dynamodb", region_name=LOCAL_REGION, endpoint_url=moto.endpoint_url, **LOCAL_CREDENTIALS
     )
     table = f"state-{round_trip_ms}-{threads}"
-    ddb.create_table(
-        TableName=table,
-        KeySchema=[
-            {"AttributeName": "shard", "KeyType": "HASH"},
-            {"AttributeName": "item", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "shard", "AttributeType": "S"},
-            {"AttributeName": "item", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_table(ddb, table, "shard", "item")
 
     def round_trip(**_: Any) -> None:
         time.sleep(round_trip_ms / 1000)  # the network moto does not have; the GIL is released
