@@ -42,9 +42,6 @@ class WindowSet:
         # and make every later event late: such records are refused (dead letter) first.
         self.max_skew_ms = max_event_time_skew_ms
         self.operators = [WindowOperator(rule) for rule in self.rules]
-        self._time_getters = [
-            None if r.time_field is None else field_getter(r.time_field) for r in self.rules
-        ]
         self._sinks = [r.sinks or default_sinks for r in self.rules]
         # What add_alerts needs of each rule: name, version, severity, sinks, whether each
         # result belongs to one event (Sliding), GROUP BY fields.
@@ -58,12 +55,12 @@ class WindowSet:
         # (index, name, handler). Most rule sets are one run.
         self._runs: list[tuple[str | None, Any, list[tuple[int, str, Any]]]] = []
         run_field: object = object()  # no field yet
-        for index, (rule, getter, operator) in enumerate(
-            zip(self.rules, self._time_getters, self.operators, strict=True)
-        ):
-            if rule.time_field != run_field:
-                run_field = rule.time_field
-                top = None if rule.time_field is None or "." in rule.time_field else rule.time_field
+        for index, (rule, operator) in enumerate(zip(self.rules, self.operators, strict=True)):
+            field = rule.time_field
+            if field != run_field:
+                run_field = field
+                top = None if field is None or "." in field else field  # read directly
+                getter = None if field is None else field_getter(field)
                 self._runs.append((top, getter, []))
             self._runs[-1][2].append((index, rule.name, operator.handle))
         self.late_events = [0] * len(self.rules)
