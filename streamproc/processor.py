@@ -14,12 +14,14 @@ from typing import Any
 
 import orjson
 
-from streamproc.errors import MissingFieldError
+from streamproc.errors import MissingFieldError, RecordError
 from streamproc.interfaces import RestorePoint
-from streamproc.records import Alert, DeadLetter, Pos, Position, Record, make_alert_id
-from streamproc.ruleset import Condition, Rule, RuleSet
+from streamproc.records import Alert, DeadLetter, Position, Record, make_alert_id
+from streamproc.ruleset import RuleSet
+from streamproc.shardloop import LoopShape, ShardLoop, compile_loop
 from streamproc.stateful import StateItem
 from streamproc.windowing import WindowSet
+from streamproc.windows import parse_event_time
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +147,7 @@ class ShardProcessor:
         ]
         # "Windows" below means any state rebuilt by replay: window rules and stateful rules.
         self._has_windows = bool(ruleset.window_rules) or bool(self._stateful)
+        self._loop = self._compile_loop().function
         self.last_position: Position | None = None
         self._restore_until: Position | None = None
         self._restore_point: RestorePoint | None = None
@@ -172,124 +175,155 @@ class ShardProcessor:
     def process(self, records: Sequence[Record]) -> ProcessResult:
         """Evaluate a batch (see :meth:`begin_restore` for records an earlier run processed).
 
-        The loop is the hot path (``benchmarks/``): constants are hoisted out of it, a
-        well-formed record takes the inline decode, and each record's position is made once.
+        The records after any replayed ones go through the processor's generated loop
+        (:mod:`streamproc.shardloop`), the hot path (``benchmarks/``).
         """
-        plan = self._plan
-        fused = self._fused
-        result = ProcessResult(matches=[0] * len(plan))
-        alerts = result.alerts
-        dead = result.dead_letters
-        matches = result.matches
-        limits = self.limits
-        max_bytes = limits.max_record_bytes
-        max_depth = limits.max_nesting_depth
-        loads = orjson.loads
-        identity_field = self.identity_field
-        event_time_field = self.event_time_field
-        windows = self.windows.on_record if self.ruleset.window_rules else None
-        stateful = self._stateful_plan
-        rejected: list[tuple[str, str]] = []
+        result = ProcessResult(matches=[0] * len(self._plan))
         undecodable = 0
-        per_record_state = windows is not None or bool(stateful)
-        for record in records:
-            if self._restore_until is not None:
-                if record.position <= self._restore_until:
-                    if not self._restore(record, result, rejected):
-                        undecodable += 1
-                    continue
-                self._finish_restore()  # complete (its last record may have been trimmed)
-            data = record.data
-            try:
-                doc: Any = loads(data) if len(data) <= max_bytes else None
-            except Exception:  # the slow path below says why
-                doc = None
-            # (doc is None if the record is over max_bytes: loads never saw it). A flat object
-            # (no "[", no "{" after its first byte: two memchr scans) is never too deep;
-            # anything else takes the count (slower) and maybe the walk.
-            if doc.__class__ is not dict or (
-                (91 in data or data.find(123, 1) >= 0 or max_depth < 1)  # b"[", b"{"
-                and data.count(b"{") + data.count(b"[") > max_depth
-            ):
-                # The slow path says why, or accepts a deep-looking but shallow document.
-                doc = _decode_or_reason(data, limits)
-                if isinstance(doc, str):
-                    dead.append(DeadLetter.of_record(record, doc))
+        start = 0
+        if self._restore_until is not None:
+            rejected: list[tuple[str, str]] = []
+            for record in records:
+                until = self._restore_until
+                if until is None:  # the replay's last record came in this batch
+                    break
+                if record.position > until:
+                    self._finish_restore()  # complete (its last record may have been trimmed)
+                    break
+                if not self._restore(record, result, rejected):
                     undecodable += 1
-                    continue
-            identity = None
-            todo: Sequence[tuple[int, Rule, Condition, tuple[str, ...]]] = plan
-            if fused is not None:
-                try:
-                    hits: tuple[int, ...] | None = fused(doc)
-                except Exception:  # a rule would refuse it: the loop below says which and why
-                    hits = None
-                if hits is not None:  # only the rules that match (their condition runs again)
-                    todo = [plan[index] for index in hits] if hits else ()
-            for index, rule, condition, sinks in todo:
-                try:
-                    if not condition(doc):
-                        continue
-                    key, fields = rule.extract(doc)
-                except MissingFieldError as exc:
-                    dead.append(
-                        DeadLetter.of_record(
-                            record, f"{exc.reason} (rule {rule.name!r})", rule.name
-                        )
-                    )
-                    continue
-                except Exception as exc:  # a rule's Python code failed: data for the DLQ
-                    reason = f"rule {rule.name!r} raised {type(exc).__name__}: {exc}"
-                    dead.append(DeadLetter.of_record(record, reason, rule.name))
-                    continue
-                matches[index] += 1
-                if identity is None:
-                    identity = _identity(doc, identity_field, record)
-                event_time = doc.get(event_time_field)
-                alerts.append(
-                    Alert(
-                        alert_id=make_alert_id(rule.name, rule.version, identity),
-                        rule=rule.name,
-                        rule_version=rule.version,
-                        severity=rule.severity,
-                        key=key,
-                        fields=fields,
-                        sinks=sinks,
-                        shard_id=record.shard_id,
-                        sequence_number=record.sequence_number,
-                        sub_sequence_number=record.sub_sequence_number,
-                        event_time=event_time if isinstance(event_time, str) else None,
-                        key_fields=None if key is None or rule.key is None else {rule.key: key},
-                    )
-                )
-            if not per_record_state:
-                continue
-            if identity is None:  # _identity, inline
-                value = doc.get(identity_field)
-                if value is None or value.__class__ is dict or value.__class__ is list:
-                    identity = record.identity
-                else:
-                    identity = f"{identity_field}={value}"
-            position: Pos = (int(record.sequence_number), record.sub_sequence_number)
-            if windows is not None:
-                windows(doc, record, position, identity, alerts, rejected)
-                if rejected:
-                    for rule_name, reason in rejected:
-                        dead.append(DeadLetter.of_record(record, reason, rule_name))
-                    rejected.clear()
-            for name, on_record in stateful:
-                try:
-                    refused = on_record(doc, record, position, identity, False)
-                except Exception as exc:  # bad data must not stop the shard
-                    refused = f"rule {name!r} raised {type(exc).__name__}: {exc}"
-                if refused is not None:
-                    dead.append(DeadLetter.of_record(record, refused, name))
+                start += 1
+        live = records[start:] if start else records
+        undecodable += self._loop(live, result.alerts, result.dead_letters, result.matches)
         result.decoded = len(records) - result.restored - undecodable
         for state in self._stateful:
-            state.end_batch(alerts, dead)
+            state.end_batch(result.alerts, result.dead_letters)
         if records:
             self.last_position = records[-1].position
         return result
+
+    def _compile_loop(self) -> ShardLoop:
+        """This processor's loop (:mod:`streamproc.shardloop`): its steps, and their values."""
+        windows = self.windows
+        runs = windows.runs
+        shape = LoopShape(
+            conditions=len(self._plan),
+            fused=self._fused is not None,
+            runs=tuple(
+                (getter is not None, name is not None, tuple(i for i, _, _ in run))
+                for name, getter, run in runs
+            ),
+            stateful=len(self._stateful),
+            skew=windows.max_skew_ms is not None,
+        )
+        limits = self.limits
+        namespace: dict[str, Any] = {
+            "loads": orjson.loads,
+            "MAX_BYTES": limits.max_record_bytes,
+            "MAX_DEPTH": limits.max_nesting_depth,
+            "LIMITS": limits,
+            "decode_or_reason": _decode_or_reason,
+            "dead_letter": DeadLetter.of_record,
+            "condition_failed": self._condition_failed,
+            "matched": self._matched,
+            "each_condition": self._each_condition,
+            "fused": self._fused,
+            "IDENTITY_FIELD": self.identity_field,
+            "parse_event_time": parse_event_time,
+            "RecordError": RecordError,
+            "SKEW": windows.max_skew_ms,
+            "skewed": windows.skewed,
+            "run_refused": windows.run_refused,
+            "window_refused": windows.refused,
+            "add_alerts": windows.add_alerts,
+            "stateful_raised": self._stateful_raised,
+        }
+        for index, (_, _, condition, _) in enumerate(self._plan):
+            namespace[f"c{index}"] = condition
+        for r, (name, getter, run) in enumerate(runs):
+            namespace[f"T{r}"] = name
+            namespace[f"time{r}"] = getter
+            for index, _, handle in run:
+                namespace[f"h{index}"] = handle
+        for j, (name, on_record) in enumerate(self._stateful_plan):
+            namespace[f"s{j}"] = on_record
+            namespace[f"S{j}"] = name
+        return compile_loop(shape, namespace)
+
+    def _condition_failed(
+        self, index: int, exc: Exception, record: Record, dead: list[DeadLetter]
+    ) -> None:
+        """Condition rule ``index`` raised on ``record``: its dead letter says why."""
+        name = self._plan[index][1].name
+        if isinstance(exc, MissingFieldError):
+            reason = f"{exc.reason} (rule {name!r})"
+        else:  # a rule's Python code failed: data for the DLQ
+            reason = f"rule {name!r} raised {type(exc).__name__}: {exc}"
+        dead.append(DeadLetter.of_record(record, reason, name))
+
+    def _each_condition(
+        self,
+        doc: dict[str, Any],
+        record: Record,
+        identity: str | None,
+        alerts: list[Alert],
+        dead: list[DeadLetter],
+        matches: list[int],
+    ) -> str | None:
+        """Every condition on its own (the fused function raised): matches and dead letters."""
+        for index, _, condition, _ in self._plan:
+            try:
+                hit = condition(doc)
+            except Exception as exc:
+                self._condition_failed(index, exc, record, dead)
+                continue
+            if hit:
+                identity = self._matched(index, doc, record, identity, alerts, dead, matches)
+        return identity
+
+    def _matched(
+        self,
+        index: int,
+        doc: dict[str, Any],
+        record: Record,
+        identity: str | None,
+        alerts: list[Alert],
+        dead: list[DeadLetter],
+        matches: list[int],
+    ) -> str | None:
+        """Condition rule ``index`` holds for ``doc``: its alert (or the dead letter saying why
+        its fields cannot be read). Returns the record's identity once it was needed."""
+        _, rule, _, sinks = self._plan[index]
+        try:
+            key, fields = rule.extract(doc)
+        except Exception as exc:
+            self._condition_failed(index, exc, record, dead)
+            return identity
+        matches[index] += 1
+        if identity is None:
+            identity = _identity(doc, self.identity_field, record)
+        event_time = doc.get(self.event_time_field)
+        alerts.append(
+            Alert(
+                alert_id=make_alert_id(rule.name, rule.version, identity),
+                rule=rule.name,
+                rule_version=rule.version,
+                severity=rule.severity,
+                key=key,
+                fields=fields,
+                sinks=sinks,
+                shard_id=record.shard_id,
+                sequence_number=record.sequence_number,
+                sub_sequence_number=record.sub_sequence_number,
+                event_time=event_time if isinstance(event_time, str) else None,
+                key_fields=None if key is None or rule.key is None else {rule.key: key},
+            )
+        )
+        return identity
+
+    def _stateful_raised(self, index: int, exc: Exception) -> str:
+        """Why stateful rule ``index`` refused a record it raised on."""
+        return f"rule {self._stateful_plan[index][0]!r} raised {type(exc).__name__}: {exc}"
 
     def _restore(
         self, record: Record, result: ProcessResult, rejected: list[tuple[str, str]]

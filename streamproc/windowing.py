@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from streamproc.errors import RecordError
-from streamproc.records import Alert, Pos, Record, make_alert_id
+from streamproc.records import Alert, DeadLetter, Pos, Record, make_alert_id
 from streamproc.sql_runtime import field_getter
 from streamproc.windows import (
     LateEvent,
@@ -53,7 +53,7 @@ class WindowSet:
         # form a run, and a record's time is read once per run. Each run: the field's name if
         # it is a top-level one (read directly), its getter (None: arrival time), and per rule
         # (index, name, handler). Most rule sets are one run.
-        self._runs: list[tuple[str | None, Any, list[tuple[int, str, Any]]]] = []
+        self.runs: list[tuple[str | None, Any, list[tuple[int, str, Any]]]] = []
         run_field: object = object()  # no field yet
         for index, (rule, operator) in enumerate(zip(self.rules, self.operators, strict=True)):
             field = rule.time_field
@@ -61,8 +61,8 @@ class WindowSet:
                 run_field = field
                 top = None if field is None or "." in field else field  # read directly
                 getter = None if field is None else field_getter(field)
-                self._runs.append((top, getter, []))
-            self._runs[-1][2].append((index, rule.name, operator.handle))
+                self.runs.append((top, getter, []))
+            self.runs[-1][2].append((index, rule.name, operator.handle))
         self.late_events = [0] * len(self.rules)
         # Watermarks set by flushes (idle or end-of-shard closes), per rule, and the wall-clock
         # time of the latest close: replaying records cannot reproduce these, so they are
@@ -79,15 +79,16 @@ class WindowSet:
         alerts: list[Alert] | None,
         rejected: list[tuple[str, str]],
     ) -> None:
-        """Feed one decoded record to every operator.
+        """Feed one decoded record to every operator: what a restart's replay does (alerts is
+        None: results are dropped), and the reference for the steps the shard processor's
+        generated loop (:mod:`streamproc.shardloop`) takes for live records.
 
-        ``alerts`` is None while restoring state (records already processed by an earlier run):
-        results are dropped then. Rejections (missing fields, bad time, late events) are
-        appended to ``rejected`` as (rule name, reason) for the caller to dead-letter.
+        Rejections (missing fields, bad time, late events) are appended to ``rejected`` as
+        (rule name, reason) for the caller to dead-letter.
         """
         arrival = record.arrival_ms  # 0: not known
         skew = self.max_skew_ms
-        for name, getter, run in self._runs:
+        for name, getter, run in self.runs:
             try:
                 if getter is None:
                     event_ms = arrival
@@ -95,7 +96,7 @@ class WindowSet:
                     value = None if name is None else doc.get(name)
                     event_ms = parse_event_time(getter(doc) if value is None else value)
                     if skew is not None and arrival and event_ms > arrival + skew:
-                        raise self._skewed(event_ms, arrival)
+                        raise self.skewed(event_ms, arrival)
             except RecordError as exc:
                 for _, rule_name, _ in run:
                     rejected.append((rule_name, f"{exc.reason} (rule {rule_name!r})"))
@@ -103,20 +104,36 @@ class WindowSet:
             for index, rule_name, on_event in run:
                 try:
                     results = on_event(doc, event_ms, position, identity)
-                except LateEvent as exc:
-                    if alerts is not None:  # not while restoring: it was counted the first time
-                        self.late_events[index] += 1
-                    rejected.append((rule_name, exc.reason))
-                    continue
                 except RecordError as exc:
-                    rejected.append((rule_name, f"{exc.reason} (rule {rule_name!r})"))
+                    rejected.append((rule_name, self._reason(index, exc, alerts is not None)))
                     continue
                 if results and alerts is not None:
                     self.add_alerts(
                         index, results, record.shard_id, position, alerts, record.sequence_number
                     )
 
-    def _skewed(self, event_ms: int, arrival_ms: int) -> RecordError:
+    def run_refused(
+        self, run: int, exc: RecordError, record: Record, dead: list[DeadLetter]
+    ) -> None:
+        """The time of ``record`` is bad for the rules of run ``run``: a dead letter each."""
+        for _, rule_name, _ in self.runs[run][2]:
+            reason = f"{exc.reason} (rule {rule_name!r})"
+            dead.append(DeadLetter.of_record(record, reason, rule_name))
+
+    def refused(self, index: int, exc: RecordError, record: Record, dead: list[DeadLetter]) -> None:
+        """Rule ``index`` refused ``record`` (a live one): its dead letter."""
+        name = self.rules[index].name
+        dead.append(DeadLetter.of_record(record, self._reason(index, exc, True), name))
+
+    def _reason(self, index: int, exc: RecordError, live: bool) -> str:
+        """Why rule ``index`` refused a record; a late live event is counted."""
+        if isinstance(exc, LateEvent):
+            if live:  # not while restoring: it was counted the first time
+                self.late_events[index] += 1
+            return exc.reason
+        return f"{exc.reason} (rule {self.rules[index].name!r})"
+
+    def skewed(self, event_ms: int, arrival_ms: int) -> RecordError:
         """Why an event time too far ahead of its record's arrival is refused."""
         return RecordError(
             f"event time {format_event_time(event_ms)} is more than "

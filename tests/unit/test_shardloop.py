@@ -1,0 +1,187 @@
+"""The shard processor's generated loop: its source holds no rule text, and each of its steps
+refuses a bad record for its own rules only, as the general steps it stands for do."""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from streamproc import inventory_rule, rule, window_rule
+from streamproc.processor import ShardProcessor
+from streamproc.records import Record
+from streamproc.ruleset import RuleSet, predicate_rule
+from streamproc.shardloop import LoopShape, loop_source
+
+ARRIVAL = 1_767_225_600_000  # 2026-01-01T00:00:00Z, every record's arrival time
+
+
+@predicate_rule(name="python_rule")
+def python_rule(doc: Mapping[str, Any]) -> bool:
+    return 1 / doc["divisor"] > 0  # ZeroDivisionError for a divisor of 0
+
+
+BIG = rule(name="big", condition="amount > 100", select=["amount"])
+PER_HOUR = window_rule(
+    name="per_hour",
+    sql="SELECT card_id, COUNT(*) AS n FROM t GROUP BY card_id, "
+    "TUMBLE(event_time, INTERVAL '1' HOUR) HAVING COUNT(*) >= 1",
+    emit="early",
+)
+BURST = window_rule(
+    name="burst",
+    sql="SELECT card_id, COUNT(*) AS n FROM t GROUP BY card_id, "
+    "SLIDING(event_time, INTERVAL '1' MINUTE) HAVING COUNT(*) >= 1",
+)
+NESTED = window_rule(
+    name="nested",
+    sql="SELECT card_id, COUNT(*) AS n FROM t GROUP BY card_id, "
+    "SLIDING(meta.ts, INTERVAL '1' HOUR) HAVING COUNT(*) >= 1",
+)
+ARRIVED = window_rule(
+    name="arrived",
+    sql="SELECT card_id, COUNT(*) AS n FROM t GROUP BY card_id, "
+    "SLIDING(ARRIVAL_TIME, INTERVAL '1' MINUTE) HAVING COUNT(*) >= 1",
+)
+STOCK = inventory_rule(name="stock", reorder_threshold=5, initial_quantity=6)
+MIXED = RuleSet(
+    (BIG, python_rule), window_rules=(PER_HOUR, BURST, NESTED, ARRIVED), stateful_rules=(STOCK,)
+)
+
+
+def tx(seq: int, **changes: Any) -> Record:
+    doc: dict[str, Any] = {
+        "tx_id": f"t{seq}",
+        "card_id": "c1",
+        "amount": 500,
+        "divisor": 1,
+        "event_time": f"2026-01-01T00:{seq:02d}:00Z",
+        "meta": {"ts": f"2026-01-01T00:{seq:02d}:00Z"},
+        "store_id": "s1",
+        "product_id": "p1",
+        "quantity": -1,
+    }
+    doc.update(changes)
+    data = orjson.dumps({k: v for k, v in doc.items() if v is not None})
+    return Record(data, "pk", str(seq), 0, ARRIVAL + seq, "shard-1")
+
+
+def refusals(processor: ShardProcessor, records: list[Record]) -> list[tuple[str, str | None]]:
+    return [(d.sequence_number, d.rule) for d in processor.process(records).dead_letters]
+
+
+def test_each_step_refuses_a_record_for_its_own_rules_only() -> None:
+    processor = ShardProcessor(MIXED, default_sinks=("sqs",), shard_id="shard-1")
+    first = processor.process([tx(1)])
+    assert sorted(a.rule for a in first.alerts) == sorted(
+        ["big", "python_rule", "per_hour", "burst", "nested", "arrived", "stock"]
+    )
+    assert first.dead_letters == []
+    records = [
+        tx(2, event_time="yesterday"),  # the event_time run (two rules) and the stock rule
+        tx(3, meta=None),  # the nested time field's rule
+        tx(4, divisor=0),  # the Python condition
+        tx(5, amount=None),  # the SQL condition's field is missing
+        Record(b"{not json", "pk", "6", 0, ARRIVAL, "shard-1"),  # every rule: undecodable
+        tx(7, event_time="2026-01-01T00:00:30Z"),  # behind both event_time rules' watermark
+        tx(8, event_time="2026-02-01T00:00:00Z"),  # a month ahead of its arrival
+    ]
+    got = refusals(processor, records)
+    assert got == [
+        ("2", "per_hour"),
+        ("2", "burst"),
+        ("2", "stock"),
+        ("3", "nested"),
+        ("4", "python_rule"),
+        ("5", "big"),
+        ("6", None),
+        ("7", "per_hour"),
+        ("7", "burst"),
+        ("8", "per_hour"),
+        ("8", "burst"),
+    ]
+    assert processor.windows.late_events == [1, 1, 0, 0]
+    # Every record reached every step it was good for: the arrival-time window took all six
+    # decodable ones besides the first, the nested one all but record 3.
+    assert processor.windows.operators[3].state_size() == (1, 7)
+    assert processor.windows.operators[2].state_size()[1] == 6
+
+
+def test_fused_conditions_fall_back_to_each_condition_when_one_raises() -> None:
+    small = rule(name="small", condition="amount < 10", select=["amount"])
+    text = rule(name="text", condition="note = 'x'", select=["note"])
+    processor = ShardProcessor(RuleSet((BIG, small, text)), shard_id="shard-1")
+    assert processor._fused is not None
+    result = processor.process([tx(1, note="x"), tx(2, amount=5, note=None), tx(3, amount=None)])
+    assert [(a.sequence_number, a.rule) for a in result.alerts] == [
+        ("1", "big"),
+        ("1", "text"),
+        ("2", "small"),
+    ]
+    assert [(d.sequence_number, d.rule) for d in result.dead_letters] == [
+        ("2", "text"),
+        ("3", "big"),
+        ("3", "small"),
+        ("3", "text"),
+    ]
+    assert result.matches == [1, 1, 1]
+
+
+# What the templates name: their own variables, the values the processor binds (numbered per
+# step) and the builtins and methods they call.
+_TEMPLATE_NAME = re.compile(
+    r"[a-z_]+|[A-Z_]+|[chs][0-9]+|[TS][0-9]+|time[0-9]+|RecordError|Exception"
+)
+
+
+def test_the_source_is_templates_and_numbers_whatever_the_rules_say() -> None:
+    """Rule names and field names reach the loop as values only: its source has no text of
+    theirs, however odd, and still evaluates them."""
+    odd = 'x"); __import__("os"); ("'
+    weird = rule(name="weird", condition=f'"{odd.replace(chr(34), chr(34) * 2)}" = 1')
+    timed = window_rule(
+        name="timed",
+        sql=f'SELECT COUNT(*) AS n FROM t GROUP BY TUMBLE("{odd.replace(chr(34), chr(34) * 2)}", '
+        "INTERVAL '1' HOUR) HAVING COUNT(*) >= 1",
+        emit="early",
+    )
+    stock = inventory_rule(name="stock", reorder_threshold=1, quantity_field=odd)
+    rules = RuleSet((weird,), window_rules=(timed,), stateful_rules=(stock,))
+    processor = ShardProcessor(rules, identity_field=odd, shard_id="shard-1")
+    source = processor._compile_loop().source
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant):
+            assert not isinstance(node.value, str) or node.value == "=", node.value
+        if isinstance(node, ast.Name):
+            assert _TEMPLATE_NAME.fullmatch(node.id), node.id
+    assert odd not in source and "weird" not in source and "stock" not in source
+    doc = {odd: 1, "event_time": "2026-01-01T00:00:00Z", "store_id": "s", "product_id": "p"}
+    data = orjson.dumps(doc)
+    result = processor.process([Record(data, "pk", "1", 0, ARRIVAL, "shard-1")])
+    assert [a.rule for a in result.alerts] == ["weird", "timed"]
+    assert result.alerts[0].alert_id != ""
+    assert [d.rule for d in result.dead_letters] == []
+
+
+def test_a_rule_set_gets_only_the_steps_it_needs() -> None:
+    conditions_only = loop_source(
+        LoopShape(conditions=2, fused=True, runs=(), stateful=0, skew=True)
+    )
+    assert "fused(doc)" in conditions_only
+    assert "position" not in conditions_only and "c0" not in conditions_only
+    windows = loop_source(
+        LoopShape(
+            conditions=0,
+            fused=False,
+            runs=((True, True, (0, 1)), (False, False, (2,))),
+            stateful=1,
+            skew=False,
+        )
+    )
+    assert [windows.count(f"h{i}(") for i in range(3)] == [1, 1, 1]
+    assert "SKEW" not in windows and "record.arrival_ms" in windows
+    assert "s0(" in windows and not re.search(r"\bfused\(", windows)
