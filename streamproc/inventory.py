@@ -62,7 +62,7 @@ from streamproc.records import (
     Severity,
     make_alert_id,
 )
-from streamproc.stateful import ShardState, StatefulRuleSpec, StateItem
+from streamproc.stateful import RecordHandler, ShardState, StatefulRuleSpec, StateItem
 from streamproc.windows.eventtime import parse_event_time
 
 DAY_MS = 86_400_000
@@ -160,6 +160,7 @@ class _InventoryState(ShardState):
         # that this shard's own children (a second reshard) inherit them in turn.
         self._inherited: list[StateItem] = []
         self._alerts: list[Alert] = []
+        self._on_record = self._record_handler()
 
     def on_record(
         self,
@@ -169,71 +170,98 @@ class _InventoryState(ShardState):
         identity: str,
         restoring: bool,
     ) -> str | None:
-        store_field, product_field, quantity_field, time_field = self._fields
-        # Strings, a whole-number quantity and an event time take the fast path; anything else
-        # the checked one (_read), which says what is wrong.
-        store = doc.get(store_field)
-        product = doc.get(product_field)
-        delta = doc.get(quantity_field)
-        when = doc.get(time_field)
-        try:
-            if (
-                store.__class__ is str
-                and product.__class__ is str
-                and delta.__class__ is int
-                and -MAX_DELTA <= delta <= MAX_DELTA
-                and when is not None
-            ):
-                at_ms: int | None = parse_event_time(when)
-            else:
-                store, product, delta, at_ms = _read(doc, self._fields)
-        except RecordError as exc:
-            return None if restoring else f"{exc.reason} (rule {self.rule.name!r})"
-        key = (store, product)
-        if self._as_of:
-            done = self._as_of.get(key)
-            if done is not None and done[0] == record.shard_id and position <= done[1]:
-                return None  # the loaded snapshot already counts this record
-        threshold = self._static
-        if threshold is None:
-            threshold = self.rule.threshold(store, product)
-        stock = self._stock.get(key)
-        if stock is None:
-            stock = self._fresh  # already low at the start: no crossing to report
+        return self._on_record(doc, record, position, identity, restoring)
+
+    def record_handler(self) -> RecordHandler:
+        return self._on_record
+
+    def _record_handler(self) -> RecordHandler:
+        """:meth:`on_record`, with the rule's constants bound in a closure: the hot path reads
+        them from cells, not from the instance. Made once, in ``__init__``."""
+        rule = self.rule
+        name = rule.name
+        fields = self._fields
+        store_field, product_field, quantity_field, time_field = fields
+        stocks = self._stock
+        as_of = self._as_of  # (filled in place by load)
+        static = self._static
+        fresh = self._fresh
+        decay_ms = self._decay_ms
+        rate_days = self._rate_days
+        hysteresis = self._hysteresis
+        stock_sink = self._stock_sink
+
+        def on_record(
+            doc: Mapping[str, Any],
+            record: Record,
+            position: Pos,
+            identity: str,
+            restoring: bool,
+        ) -> str | None:
+            # Strings, a whole-number quantity and an event time take the fast path; anything
+            # else the checked one (_read), which says what is wrong.
+            store = doc.get(store_field)
+            product = doc.get(product_field)
+            delta = doc.get(quantity_field)
+            when = doc.get(time_field)
+            try:
+                if (
+                    store.__class__ is str
+                    and product.__class__ is str
+                    and delta.__class__ is int
+                    and -MAX_DELTA <= delta <= MAX_DELTA
+                    and when is not None
+                ):
+                    at_ms: int | None = parse_event_time(when)
+                else:
+                    store, product, delta, at_ms = _read(doc, fields)
+            except RecordError as exc:
+                return None if restoring else f"{exc.reason} (rule {name!r})"
+            key = (store, product)
+            if as_of:
+                done = as_of.get(key)
+                if done is not None and done[0] == record.shard_id and position <= done[1]:
+                    return None  # the loaded snapshot already counts this record
+            threshold = rule.threshold(store, product) if static is None else static
+            stock = stocks.get(key)
             if stock is None:
-                initial = self.rule.initial_quantity
-                stock = (initial, initial > threshold, 0.0, None)
-        quantity, armed, rate, rate_ms = stock
-        quantity += delta
-        if not _isfinite(quantity):
-            return (
-                None if restoring else f"quantity {delta!r} out of range (rule {self.rule.name!r})"
-            )
-        if delta < 0 and at_ms is not None:  # a sale: units per day, exponentially time-decayed
-            if rate_ms is None:
-                rate_ms = at_ms
-            elif at_ms > rate_ms:
-                rate *= _exp((rate_ms - at_ms) / self._decay_ms)
-                rate_ms = at_ms
-            rate -= delta / self._rate_days
-        # Only a sale crosses downwards; a restock never raises a low-stock alert.
-        if armed and delta < 0 and quantity <= threshold:
-            armed = False
-            if not restoring:
-                self._alerts.append(
-                    self._alert(record, identity, store, product, quantity, rate, threshold, when)
-                )
-        elif not armed and quantity > threshold + self._hysteresis:
-            armed = True
-        self._stock[key] = stock = (quantity, armed, rate, rate_ms)
-        changed = self._changed
-        if not changed:
-            self._first = position
-        changed[key] = stock
-        self._last = position
-        if self._stock_sink is not None and not restoring:
-            self._alerts.append(self._stock_update(record, identity, store, product, delta))
-        return None
+                stock = fresh  # already low at the start: no crossing to report
+                if stock is None:
+                    initial = rule.initial_quantity
+                    stock = (initial, initial > threshold, 0.0, None)
+            quantity, armed, rate, rate_ms = stock
+            quantity += delta
+            if not _isfinite(quantity):
+                return None if restoring else f"quantity {delta!r} out of range (rule {name!r})"
+            if delta < 0 and at_ms is not None:  # a sale: units per day, exponentially decayed
+                if rate_ms is None:
+                    rate_ms = at_ms
+                elif at_ms > rate_ms:
+                    rate *= _exp((rate_ms - at_ms) / decay_ms)
+                    rate_ms = at_ms
+                rate -= delta / rate_days
+            # Only a sale crosses downwards; a restock never raises a low-stock alert.
+            if armed and delta < 0 and quantity <= threshold:
+                armed = False
+                if not restoring:
+                    self._alerts.append(
+                        self._alert(
+                            record, identity, store, product, quantity, rate, threshold, when
+                        )
+                    )
+            elif not armed and quantity > threshold + hysteresis:
+                armed = True
+            stocks[key] = stock = (quantity, armed, rate, rate_ms)
+            changed = self._changed
+            if not changed:
+                self._first = position
+            changed[key] = stock
+            self._last = position
+            if stock_sink is not None and not restoring:
+                self._alerts.append(self._stock_update(record, identity, store, product, delta))
+            return None
+
+        return on_record
 
     def _stock_update(
         self, record: Record, identity: str, store: str, product: str, delta: float

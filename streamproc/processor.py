@@ -142,7 +142,7 @@ class ShardProcessor:
             for spec in ruleset.stateful_rules
         ]
         self._stateful_plan = [
-            (spec.name, state.on_record)
+            (spec.name, state.record_handler())
             for spec, state in zip(ruleset.stateful_rules, self._stateful, strict=True)
         ]
         # "Windows" below means any state rebuilt by replay: window rules and stateful rules.

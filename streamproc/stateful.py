@@ -18,11 +18,14 @@ Like window state, their state is rebuilt after a restart or a lease move by rep
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from streamproc.records import Alert, DeadLetter, Pos, Position, Record, quick_init
+
+#: ``on_record(doc, record, position, identity, restoring) -> reason or None``
+RecordHandler = Callable[[Mapping[str, Any], Record, Pos, str, bool], str | None]
 
 
 @quick_init  # snapshots make tens of thousands at a checkpoint
@@ -72,6 +75,11 @@ class ShardState(ABC):
         (sequence number, sub-sequence number) tuple: keep that, not a Position, in state.
         Returns a reason if the record cannot be used by this rule (it is dead-lettered,
         unless restoring), else None."""
+
+    def record_handler(self) -> RecordHandler:
+        """What the shard processor calls per live record: :meth:`on_record`, or a function
+        doing the same with less lookup per call (built once)."""
+        return self.on_record
 
     @abstractmethod
     def end_batch(self, alerts: list[Alert], dead: list[DeadLetter]) -> None:
