@@ -185,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, text in (
         ("list", cmd_rules_list, "list the rules found in PATH (default: rules/)"),
         ("check", cmd_rules_check, "compile every rule in PATH; exit 1 on any error"),
+        (
+            "loop",
+            cmd_rules_loop,
+            "print the per-record loop a shard processor generates for the rules in PATH",
+        ),
     ):
         sub = rules_commands.add_parser(name, help=text, description=text)
         sub.add_argument("paths", nargs="*", default=["rules"], metavar="PATH")
@@ -232,6 +237,14 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
     ruleset = load_rules(args.paths)
     print(f"ok: {len(ruleset)} rule(s) compiled from {', '.join(args.paths)}")
+    return 0
+
+
+def cmd_rules_loop(args: argparse.Namespace) -> int:
+    from streamproc.processor import ShardProcessor
+    from streamproc.ruleset import load_rules
+
+    print(ShardProcessor(load_rules(args.paths)).loop_source(), end="")
     return 0
 
 

@@ -250,6 +250,24 @@ class ShardProcessor:
             namespace[f"S{j}"] = name
         return compile_loop(shape, namespace)
 
+    def loop_source(self) -> str:
+        """The source of this processor's loop, after a legend of what its numbered names
+        stand for (``streamproc rules loop``)."""
+        legend = [f"# c{i}: condition of rule {r.name!r}" for i, r in enumerate(self.ruleset.rules)]
+        if self._fused is not None:
+            legend.append("# fused: every condition above in one function")
+        for r, (_, getter, run) in enumerate(self.windows.runs):
+            if getter is None:
+                legend.append(f"# run {r}: the arrival time")
+            else:
+                field = self.windows.rules[run[0][0]].time_field
+                legend.append(f"# T{r}, time{r}: time field {field!r}")
+            legend += [f"# h{index}: window rule {rule!r}" for index, rule, _ in run]
+        legend += [
+            f"# s{j}, S{j}: rule {name!r}" for j, (name, _) in enumerate(self._stateful_plan)
+        ]
+        return "\n".join(legend) + "\n" + self._compile_loop().source
+
     def _condition_failed(
         self, index: int, exc: Exception, record: Record, dead: list[DeadLetter]
     ) -> None:

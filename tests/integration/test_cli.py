@@ -74,6 +74,17 @@ def test_rules_list_shows_the_shipped_rule() -> None:
     )
 
 
+def test_rules_loop_prints_the_generated_loop_and_what_its_names_stand_for() -> None:
+    result = run("rules", "loop", "rules")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "# c0: condition of rule 'high_value_out_of_state'\n" in out
+    assert "# h0: window rule 'card_velocity'\n" in out
+    assert "def _loop(records, alerts, dead, matches):" in out
+    assert "h0(doc, event_ms, position, identity)" in out
+    compile(out, "<loop>", "exec")  # the whole output is Python: legend in comments
+
+
 def test_rules_check_reports_a_syntax_error_with_file_line_column(tmp_path: Path) -> None:
     bad = tmp_path / "broken.py"
     bad.write_text("from streamproc import rule\n\nx = rule(name='a', condition='amount > 1'\n")
