@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import statistics
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 SEED = HERE / "rulesets" / "seed.py"
 TWENTY = HERE / "rulesets" / "twenty.py"
 ROUNDS = 3
+PAIRED_ROUNDS = 5
 FOLDED_CARDS = 500
 T = TypeVar("T")
 SUFFIX = {"gc": "", "no gc": ", GC off"}
@@ -150,6 +153,44 @@ def test_seed_rules_engine(benchmark: Any, batches: list[list[Record]], mode: st
         peak_bytes=peak,
         note=f"{alerts:,} alerts; {keys['card_velocity']:,} cards, {keys['low_stock']:,} products",
         baseline=HAND_LOOP + SUFFIX[mode],
+    )
+
+
+def test_seed_rules_engine_paired_with_the_hand_loop(
+    benchmark: Any, batches: list[list[Record]]
+) -> None:
+    """The engine's ratio to the hand loop, robust to a machine whose speed drifts from one
+    minute to the next (this one's does, by up to a third): ``PAIRED_ROUNDS`` pairs, each the
+    hand loop then the engine back to back from a collected heap, GC as in production; the ratio
+    is the median of the pairs' ratios. The rows above time each side in its own rounds,
+    minutes apart, so their ratio also holds how the machine changed in between."""
+    rules = load_rules([SEED])
+    count = sum(map(len, batches))
+    hand: list[float] = []
+    hand_alerts: list[int] = []
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        gc.collect()
+        started = time.perf_counter()
+        hand_alerts.append(handloop.count(batches))
+        hand.append(time.perf_counter() - started)
+        gc.collect()
+        return (rules, batches), {}
+
+    alerts = benchmark.pedantic(engine, setup=setup, rounds=PAIRED_ROUNDS, iterations=1)
+    assert alerts == hand_alerts[-1] > 0  # (test_seed_rules_engine compares them one by one)
+    engine_s = benchmark.stats.stats.data
+    ratios = sorted(e / h for e, h in zip(engine_s, hand, strict=True))
+    report(
+        benchmark,
+        "seed rules: engine, paired with the hand loop",
+        count,
+        seconds=statistics.median(engine_s),
+        note=(
+            f"median of {len(ratios)} pairs; ratios {ratios[0]:.2f}-{ratios[-1]:.2f}; "
+            f"hand loop {statistics.median(hand) / count * 1e6:.3f} us/record"
+        ),
+        ratio=statistics.median(ratios),
     )
 
 
