@@ -53,6 +53,8 @@ class LoopShape:
 
 @dataclass(frozen=True, slots=True)
 class ShardLoop:
+    """A compiled loop and the source it was compiled from."""
+
     function: LoopFunction
     source: str
 
@@ -193,8 +195,14 @@ def compile_loop(shape: LoopShape, namespace: dict[str, Any]) -> ShardLoop:
     # Nothing is executed: the function's code object is taken out of the compiled module and
     # bound to the namespace (builtins: only what the templates call).
     (function_code,) = (c for c in code.co_consts if isinstance(c, types.CodeType))
-    builtins = {"Exception": Exception, "dict": dict, "int": int, "len": len, "list": list}
-    builtins["str"] = str
+    builtins = {
+        "Exception": Exception,
+        "dict": dict,
+        "int": int,
+        "len": len,
+        "list": list,
+        "str": str,
+    }
     scope = {**namespace, "__builtins__": builtins}
     function = types.FunctionType(function_code, scope, "_loop")
     return ShardLoop(function, source)
