@@ -160,7 +160,6 @@ class _InventoryState(ShardState):
         # that this shard's own children (a second reshard) inherit them in turn.
         self._inherited: list[StateItem] = []
         self._alerts: list[Alert] = []
-        self._on_record = self._record_handler()
 
     def on_record(
         self,
@@ -170,14 +169,15 @@ class _InventoryState(ShardState):
         identity: str,
         restoring: bool,
     ) -> str | None:
-        return self._on_record(doc, record, position, identity, restoring)
+        """One record, through a handler made for the call: the shard processor keeps one
+        (:meth:`record_handler`) and calls it per record."""
+        return self.record_handler()(doc, record, position, identity, restoring)
 
     def record_handler(self) -> RecordHandler:
-        return self._on_record
-
-    def _record_handler(self) -> RecordHandler:
         """:meth:`on_record`, with the rule's constants bound in a closure: the hot path reads
-        them from cells, not from the instance. Made once, in ``__init__``."""
+        them from cells, not from the instance. The caller keeps it; the state does not, or
+        state and closure would hold each other and a dropped shard's stock would wait for a
+        full collection."""
         rule = self.rule
         name = rule.name
         fields = self._fields

@@ -17,9 +17,9 @@ import orjson
 from streamproc.errors import MissingFieldError, RecordError
 from streamproc.interfaces import RestorePoint
 from streamproc.records import Alert, DeadLetter, Position, Record, make_alert_id
-from streamproc.ruleset import RuleSet
+from streamproc.ruleset import Condition, Rule, RuleSet
 from streamproc.shardloop import LoopShape, ShardLoop, compile_loop
-from streamproc.stateful import StateItem
+from streamproc.stateful import RecordHandler, StateItem
 from streamproc.windowing import WindowSet
 from streamproc.windows import parse_event_time
 
@@ -217,6 +217,12 @@ class ShardProcessor:
             skew=windows.max_skew_ms is not None,
         )
         limits = self.limits
+        # The loop's off-path steps hold what they need, not the processor: the processor holds
+        # the loop, and a loop holding the processor would make a cycle, which keeps a dropped
+        # shard's state until a full collection.
+        steps = _SlowSteps(
+            self._plan, self.identity_field, self.event_time_field, self._stateful_plan
+        )
         namespace: dict[str, Any] = {
             "loads": orjson.loads,
             "MAX_BYTES": limits.max_record_bytes,
@@ -224,9 +230,9 @@ class ShardProcessor:
             "LIMITS": limits,
             "decode_or_reason": _decode_or_reason,
             "dead_letter": DeadLetter.of_record,
-            "condition_failed": self._condition_failed,
-            "matched": self._matched,
-            "each_condition": self._each_condition,
+            "condition_failed": steps.condition_failed,
+            "matched": steps.matched,
+            "each_condition": steps.each_condition,
             "fused": self._fused,
             "IDENTITY_FIELD": self.identity_field,
             "parse_event_time": parse_event_time,
@@ -236,7 +242,7 @@ class ShardProcessor:
             "run_refused": windows.run_refused,
             "window_refused": windows.refused,
             "add_alerts": windows.add_alerts,
-            "stateful_raised": self._stateful_raised,
+            "stateful_raised": steps.stateful_raised,
         }
         for index, (_, _, condition, _) in enumerate(self._plan):
             namespace[f"c{index}"] = condition
@@ -268,81 +274,6 @@ class ShardProcessor:
         ]
         return "\n".join(legend) + "\n" + self._compile_loop().source
 
-    def _condition_failed(
-        self, index: int, exc: Exception, record: Record, dead: list[DeadLetter]
-    ) -> None:
-        """Condition rule ``index`` raised on ``record``: its dead letter says why."""
-        name = self._plan[index][1].name
-        if isinstance(exc, MissingFieldError):
-            reason = f"{exc.reason} (rule {name!r})"
-        else:  # a rule's Python code failed: data for the DLQ
-            reason = f"rule {name!r} raised {type(exc).__name__}: {exc}"
-        dead.append(DeadLetter.of_record(record, reason, name))
-
-    def _each_condition(
-        self,
-        doc: dict[str, Any],
-        record: Record,
-        identity: str | None,
-        alerts: list[Alert],
-        dead: list[DeadLetter],
-        matches: list[int],
-    ) -> str | None:
-        """Every condition on its own (the fused function raised): matches and dead letters."""
-        for index, _, condition, _ in self._plan:
-            try:
-                hit = condition(doc)
-            except Exception as exc:
-                self._condition_failed(index, exc, record, dead)
-                continue
-            if hit:
-                identity = self._matched(index, doc, record, identity, alerts, dead, matches)
-        return identity
-
-    def _matched(
-        self,
-        index: int,
-        doc: dict[str, Any],
-        record: Record,
-        identity: str | None,
-        alerts: list[Alert],
-        dead: list[DeadLetter],
-        matches: list[int],
-    ) -> str | None:
-        """Condition rule ``index`` holds for ``doc``: its alert (or the dead letter saying why
-        its fields cannot be read). Returns the record's identity once it was needed."""
-        _, rule, _, sinks = self._plan[index]
-        try:
-            key, fields = rule.extract(doc)
-        except Exception as exc:
-            self._condition_failed(index, exc, record, dead)
-            return identity
-        matches[index] += 1
-        if identity is None:
-            identity = _identity(doc, self.identity_field, record)
-        event_time = doc.get(self.event_time_field)
-        alerts.append(
-            Alert(
-                alert_id=make_alert_id(rule.name, rule.version, identity),
-                rule=rule.name,
-                rule_version=rule.version,
-                severity=rule.severity,
-                key=key,
-                fields=fields,
-                sinks=sinks,
-                shard_id=record.shard_id,
-                sequence_number=record.sequence_number,
-                sub_sequence_number=record.sub_sequence_number,
-                event_time=event_time if isinstance(event_time, str) else None,
-                key_fields=None if key is None or rule.key is None else {rule.key: key},
-            )
-        )
-        return identity
-
-    def _stateful_raised(self, index: int, exc: Exception) -> str:
-        """Why stateful rule ``index`` refused a record it raised on."""
-        return f"rule {self._stateful_plan[index][0]!r} raised {type(exc).__name__}: {exc}"
-
     def _restore(
         self, record: Record, result: ProcessResult, rejected: list[tuple[str, str]]
     ) -> bool:
@@ -359,9 +290,9 @@ class ShardProcessor:
         if self.ruleset.window_rules:
             self.windows.on_record(doc, record, position, replayed, None, rejected)
             rejected.clear()
-        for state in self._stateful:
+        for _, on_record in self._stateful_plan:
             try:
-                state.on_record(doc, record, position, replayed, True)
+                on_record(doc, record, position, replayed, True)
             except Exception:  # refused when it was first processed: skip it again
                 log.debug("rule state refused a replayed record", exc_info=True)
         if position == self._restore_until:
@@ -418,6 +349,100 @@ class ShardProcessor:
     def restoring(self) -> bool:
         """Records an earlier run processed are being replayed to rebuild state."""
         return self._restore_until is not None
+
+
+class _SlowSteps:
+    """What a shard loop calls off its straight path: a matched condition's alert, a
+    condition's or a stateful rule's failure. Holds no reference to the processor."""
+
+    __slots__ = ("event_time_field", "identity_field", "plan", "stateful")
+
+    def __init__(
+        self,
+        plan: list[tuple[int, Rule, Condition, tuple[str, ...]]],
+        identity_field: str,
+        event_time_field: str,
+        stateful: list[tuple[str, RecordHandler]],
+    ) -> None:
+        self.plan = plan
+        self.identity_field = identity_field
+        self.event_time_field = event_time_field
+        self.stateful = stateful
+
+    def condition_failed(
+        self, index: int, exc: Exception, record: Record, dead: list[DeadLetter]
+    ) -> None:
+        """Condition rule ``index`` raised on ``record``: its dead letter says why."""
+        name = self.plan[index][1].name
+        if isinstance(exc, MissingFieldError):
+            reason = f"{exc.reason} (rule {name!r})"
+        else:  # a rule's Python code failed: data for the DLQ
+            reason = f"rule {name!r} raised {type(exc).__name__}: {exc}"
+        dead.append(DeadLetter.of_record(record, reason, name))
+
+    def each_condition(
+        self,
+        doc: dict[str, Any],
+        record: Record,
+        identity: str | None,
+        alerts: list[Alert],
+        dead: list[DeadLetter],
+        matches: list[int],
+    ) -> str | None:
+        """Every condition on its own (the fused function raised): matches and dead letters."""
+        for index, _, condition, _ in self.plan:
+            try:
+                hit = condition(doc)
+            except Exception as exc:
+                self.condition_failed(index, exc, record, dead)
+                continue
+            if hit:
+                identity = self.matched(index, doc, record, identity, alerts, dead, matches)
+        return identity
+
+    def matched(
+        self,
+        index: int,
+        doc: dict[str, Any],
+        record: Record,
+        identity: str | None,
+        alerts: list[Alert],
+        dead: list[DeadLetter],
+        matches: list[int],
+    ) -> str | None:
+        """Condition rule ``index`` holds for ``doc``: its alert (or the dead letter saying why
+        its fields cannot be read). Returns the record's identity once it was needed."""
+        _, rule, _, sinks = self.plan[index]
+        try:
+            key, fields = rule.extract(doc)
+        except Exception as exc:
+            self.condition_failed(index, exc, record, dead)
+            return identity
+        matches[index] += 1
+        if identity is None:
+            identity = _identity(doc, self.identity_field, record)
+        event_time = doc.get(self.event_time_field)
+        alerts.append(
+            Alert(
+                alert_id=make_alert_id(rule.name, rule.version, identity),
+                rule=rule.name,
+                rule_version=rule.version,
+                severity=rule.severity,
+                key=key,
+                fields=fields,
+                sinks=sinks,
+                shard_id=record.shard_id,
+                sequence_number=record.sequence_number,
+                sub_sequence_number=record.sub_sequence_number,
+                event_time=event_time if isinstance(event_time, str) else None,
+                key_fields=None if key is None or rule.key is None else {rule.key: key},
+            )
+        )
+        return identity
+
+    def stateful_raised(self, index: int, exc: Exception) -> str:
+        """Why stateful rule ``index`` refused a record it raised on."""
+        return f"rule {self.stateful[index][0]!r} raised {type(exc).__name__}: {exc}"
 
 
 def _identity(doc: Mapping[str, Any], identity_field: str, record: Record) -> str:

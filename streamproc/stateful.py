@@ -77,8 +77,10 @@ class ShardState(ABC):
         unless restoring), else None."""
 
     def record_handler(self) -> RecordHandler:
-        """What the shard processor calls per live record: :meth:`on_record`, or a function
-        doing the same with less lookup per call (built once)."""
+        """What the shard processor calls per record: :meth:`on_record`, or a function doing
+        the same with less lookup per call. The processor keeps it; a state that keeps it too
+        makes a cycle, and its memory then waits for a full collection once the shard is
+        dropped."""
         return self.on_record
 
     @abstractmethod

@@ -62,7 +62,7 @@ class WindowSet:
                 top = None if field is None or "." in field else field  # read directly
                 getter = None if field is None else field_getter(field)
                 self.runs.append((top, getter, []))
-            self.runs[-1][2].append((index, rule.name, operator.handle))
+            self.runs[-1][2].append((index, rule.name, operator.handler()))
         self.late_events = [0] * len(self.rules)
         # Watermarks set by flushes (idle or end-of-shard closes), per rule, and the wall-clock
         # time of the latest close: replaying records cannot reproduce these, so they are

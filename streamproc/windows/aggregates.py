@@ -262,12 +262,14 @@ class AggregateSet:
         self._template = template
         self._set_slots = tuple(set_slots)
         self.count_star_only = all(add is _add_count_star for _, add in adds)
+        # The three below are generated functions, not bound methods: the set keeps them, and a
+        # bound method kept by its own object is a cycle (freed only by a full collection).
         #: ``add(state, record, event time, arrival sequence)``: add one record in place.
-        self.add: Callable[[State, Mapping[str, Any], int, int], None] = self._add
+        self.add: Callable[[State, Mapping[str, Any], int, int], None]
         #: ``extract(record)``: the values the aggregates read, for :meth:`add_values` later.
-        self.extract: Callable[[Mapping[str, Any]], tuple[Any, ...]] = self._extract
+        self.extract: Callable[[Mapping[str, Any]], tuple[Any, ...]]
         #: ``finish(state)``: the output value of each aggregate, in rule order (JSON types).
-        self.finish: Callable[[State], list[Any]] = self._finish
+        self.finish: Callable[[State], list[Any]]
         if all(finish is _finish_plain for _, finish in finishers):
             self.finish = _plain_values
         else:
@@ -277,6 +279,7 @@ class AggregateSet:
             self.extract = _no_values
         else:
             self.add = _generated_adder(aggregates, adds, readers)
+            self.extract = _extractor(self._readers)
 
     def new_state(self, event_time: int) -> State:
         """An empty state (no records) stamped with ``event_time`` as its greatest time."""
@@ -291,9 +294,6 @@ class AggregateSet:
             state[TIME] = event_time
         for (slot, add), read in zip(self._adds, self._readers, strict=True):
             add(state, slot, read(doc), seq)
-
-    def _extract(self, doc: Mapping[str, Any]) -> tuple[Any, ...]:
-        return tuple([read(doc) for read in self._readers])
 
     def add_values(self, state: State, values: tuple[Any, ...], event_time: int, seq: int) -> None:
         """Add a record from the values :attr:`extract` took from it."""
@@ -357,6 +357,15 @@ def _count_star_adder(count: int) -> Callable[[State, Mapping[str, Any], int, in
 
 # -- generated functions: add a record to a state, finish a state ------------------------------
 #
+def _extractor(readers: tuple[Reader, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """``extract(doc)``: the value each aggregate reads from ``doc``, in order."""
+
+    def extract(doc: Mapping[str, Any]) -> tuple[Any, ...]:
+        return tuple([read(doc) for read in readers])
+
+    return extract
+
+
 # AggregateSet._add loops over (adder, reader) pairs: two calls per aggregate and record, and
 # _finish over finishers. The generated functions do the same in one call, with counts, sums and
 # distinct sets inline. Their source is built from the constant snippets below and slot numbers

@@ -91,18 +91,22 @@ class KeyReader:
     object raises RecordError; a missing field raises MissingFieldError.
     """
 
-    __slots__ = ("_getters", "_paths", "read")
+    __slots__ = ("_getters", "_paths")
 
     def __init__(self, group_by: tuple[str, ...]) -> None:
         self._paths = group_by
         self._getters = tuple(field_getter(path) for path in group_by)
-        self.read: Callable[[Mapping[str, Any]], Hashable]
+
+    @property
+    def read(self) -> Callable[[Mapping[str, Any]], Hashable]:
+        """``read(doc)``: the record's internal key. Take it once and keep it (the reader does
+        not keep it: it would hold itself, a cycle)."""
+        group_by = self._paths
         if not group_by:
-            self.read = _no_key
-        elif len(group_by) == 1:
-            self.read = self._read_top if "." not in group_by[0] else self._read_one
-        else:
-            self.read = self._read_many
+            return _no_key
+        if len(group_by) == 1:
+            return self._read_top if "." not in group_by[0] else self._read_one
+        return self._read_many
 
     def _read_one(self, doc: Mapping[str, Any]) -> Hashable:
         value = self._getters[0](doc)

@@ -39,7 +39,6 @@ class WindowOperator:
         "_seq",
         "_watermark",
         "_where",
-        "handle",
         "rule",
     )
 
@@ -74,19 +73,24 @@ class WindowOperator:
         self._max_time: int | None = None
         self._record_setter: Pos | None = None  # latest event whose time was a new maximum
         self._seq = 0
-        # A sliding window of COUNT(*)s decided by the count alone: in-order events take
-        # _sliding_count_handler's closure, everything else on_event's general path.
-        #: ``handle(doc, event_time_ms, position, identity)``: :meth:`on_event`, or its fast
-        #: path where the rule has one.
-        self.handle: Handler = self.on_event
+
+    def handler(self) -> Handler:
+        """``handle(doc, event_time_ms, position, identity)``: :meth:`on_event`, or its fast path
+        where the rule has one (a closure over this operator and its engine).
+
+        The caller keeps it; the operator does not, or operator and handler would hold each
+        other and a dropped operator's state would wait for a full collection."""
+        engine = self._engine
         if isinstance(engine, SlidingEngine):
-            if engine.holds_by_count is not None and not rule.where:
-                self.handle = self._sliding_count_handler(engine)
+            # A sliding window of COUNT(*)s decided by the count alone; else the general path.
+            if engine.holds_by_count is not None and not self.rule.where:
+                return self._sliding_count_handler(engine)
         elif isinstance(engine, PaneEngine):
             if not engine.early or engine.slide == engine.size:  # not an early Hop
-                self.handle = self._pane_handler(engine)
+                return self._pane_handler(engine)
         else:
-            self.handle = self._session_handler(engine)
+            return self._session_handler(engine)
+        return self.on_event
 
     def on_event(
         self,

@@ -4,6 +4,7 @@ refuses a bad record for its own rules only, as the general steps it stands for 
 from __future__ import annotations
 
 import ast
+import gc
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -185,3 +186,46 @@ def test_a_rule_set_gets_only_the_steps_it_needs() -> None:
     assert [windows.count(f"h{i}(") for i in range(3)] == [1, 1, 1]
     assert "SKEW" not in windows and "record.arrival_ms" in windows
     assert "s0(" in windows and not re.search(r"\bfused\(", windows)
+
+
+def test_a_dropped_processor_is_freed_at_once() -> None:
+    """Nothing of a processor waits for the cyclic collector once it is dropped: the runtime
+    drops one when its shard ends or its lease moves, and its window and stock state can be
+    hundreds of MB. A cycle anywhere on the way to that state (a loop bound to its processor's
+    methods, an operator keeping its own fast-path closure, a state its own record handler)
+    would hold all of it until a full collection, and make that collection walk it."""
+    sums = window_rule(
+        name="sums",
+        sql="SELECT card_id, SUM(amount) AS total FROM t GROUP BY card_id, "
+        "SLIDING(event_time, INTERVAL '1' HOUR) HAVING SUM(amount) > 1000",
+    )
+    hopping = window_rule(
+        name="hopping",
+        sql="SELECT card_id, COUNT(*) AS n FROM t GROUP BY card_id, "
+        "HOP(event_time, INTERVAL '1' MINUTE, INTERVAL '5' MINUTE) HAVING COUNT(*) >= 2",
+    )
+    sessions = window_rule(
+        name="sessions",
+        sql="SELECT card_id, COUNT(*) AS n FROM t GROUP BY card_id, "
+        "SESSION(event_time, INTERVAL '10' MINUTE) HAVING COUNT(*) >= 2",
+    )
+    rules = RuleSet(
+        MIXED.rules,
+        window_rules=(*MIXED.window_rules, sums, hopping, sessions),
+        stateful_rules=MIXED.stateful_rules,
+    )
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # what the collector finds stays in gc.garbage to be named
+    try:
+        processor = ShardProcessor(rules, default_sinks=("sqs",), shard_id="shard-1")
+        result = processor.process([tx(seq, card_id=f"c{seq % 3}") for seq in range(1, 40)])
+        assert len(result.alerts) > 39 and result.dead_letters == []
+        del processor, result
+        gc.collect()
+        ours = [o for o in gc.garbage if type(o).__module__.startswith("streamproc")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert ours == []

@@ -496,14 +496,14 @@ def test_bad_group_by_values_are_record_errors_and_change_nothing() -> None:
 
 
 @pytest.mark.parametrize("window", [Tumble(10), Hop(5, 10), Session(10), Sliding(10)])
-@pytest.mark.parametrize("entry", ["on_event", "handle"])
+@pytest.mark.parametrize("entry", ["on_event", "handler"])
 def test_event_times_outside_the_years_1_to_9999_are_record_errors_and_change_nothing(
     window: WindowKind, entry: str
 ) -> None:
     """The processor parses every time first (years 1..9999); a direct caller of the operator
     gets the same refusal, before any state changes (a sliding key keeps 64-bit times)."""
     feed = Feed(make_rule(window))
-    call = getattr(feed.operator, entry)
+    call = feed.operator.on_event if entry == "on_event" else feed.operator.handler()
     late = parse_event_time("9999-12-31T23:59:59.999Z")
     call({"card": "a"}, late - 5, Position(1), "e1")
     call({"card": "a"}, late, Position(2), "e2")  # the last millisecond of the range is taken
@@ -790,17 +790,18 @@ def _pairs_rule(**options: Any) -> WindowRule:
 
 
 def test_count_only_sliding_fast_path_counts_exactly_the_range() -> None:
-    """The fast path of count-only sliding rules (operator.handle) at the range's edges: the
+    """The fast path of count-only sliding rules (operator.handler()) at the range's edges: the
     window of an event at t is (t - range, t], so an event exactly range ms earlier is out of
     it. Same results as the general path (on_event) for the same events."""
     rule = _pairs_rule()
     events = [("a", 0), ("a", 10), ("a", 11), ("a", 30), ("a", 39), ("a", 40), ("b", 40)]
     fast, general = WindowOperator(rule), WindowOperator(rule)
-    assert fast.handle != fast.on_event  # the rule takes the fast path
+    handle = fast.handler()
+    assert handle != fast.on_event  # the rule takes the fast path
     got, expected = [], []
     for index, (card, time) in enumerate(events):
         doc = {"card": card, "t": time}
-        got += fast.handle(doc, time, Position(index + 1), f"e{index}")
+        got += handle(doc, time, Position(index + 1), f"e{index}")
         expected += general.on_event(doc, time, Position(index + 1), f"e{index}")
     assert [(r.values, r.trigger_identity) for r in got] == [
         ({"card": "a", "n": 2}, "e2"),  # 11: (1, 11] holds 10 and 11; at 10, (0, 10] held only 10
@@ -823,10 +824,10 @@ def test_count_only_sliding_fast_path_drops_exactly_the_events_out_of_range() ->
         name="exactly_two",
         version=1,
     )
-    operator = WindowOperator(rule)
+    handle = WindowOperator(rule).handler()
     fired = []
     for index, time in enumerate([0, 2, 11, 12, 30, 31]):
-        for result in operator.handle({"card": "d", "t": time}, time, Position(index + 1), ""):
+        for result in handle({"card": "d", "t": time}, time, Position(index + 1), ""):
             fired.append(result.event_time_ms)
     assert fired == [2, 31]
 
@@ -847,9 +848,10 @@ def test_sliding_keys_know_their_first_item_time_after_every_event(
     operator = WindowOperator(_pairs_rule(allowed_lateness_ms=5, late=late))
     engine = operator._engine
     assert isinstance(engine, SlidingEngine)
+    handle = operator.handler()
     for index, (card, time) in enumerate(events):
         with contextlib.suppress(LateEvent):
-            operator.handle({"card": card, "t": time}, time, Position(index + 1), f"e{index}")
+            handle({"card": card, "t": time}, time, Position(index + 1), f"e{index}")
         for state in engine.by_key.values():
             assert state.first == (state[0] if state else None)
 

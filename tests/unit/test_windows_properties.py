@@ -400,10 +400,10 @@ def rows(results: list[WindowResult]) -> list[Row]:
 
 def run_engine(operator: WindowOperator, events: list[Event], first: int = 0) -> list[Outcome]:
     outcomes: list[Outcome] = []
+    handle = operator.handler()  # the entry point the processor uses (a fast path for some rules)
     for index, (doc, time) in enumerate(events, start=first):
         try:
-            # handle: the entry point the processor uses (a fast path for some rules)
-            found = operator.handle(doc, time, Position(index + 1), f"e{index}")
+            found = handle(doc, time, Position(index + 1), f"e{index}")
         except LateEvent as late:
             assert late.reason.startswith("late event: event time ")
             outcomes.append("late")
@@ -582,9 +582,10 @@ def oldest_position_only_moves_forward_and_bounds_held_state(
 ) -> None:
     operator = WindowOperator(case.rule())
     last: Position | None = None
+    handle = operator.handler()
     for index, (doc, time) in enumerate(events):
         with contextlib.suppress(LateEvent):
-            operator.handle(doc, time, Position(index + 1), "")
+            handle(doc, time, Position(index + 1), "")
         oldest = operator.oldest_position()
         if oldest is not None:
             assert oldest <= Position(index + 1)
@@ -608,6 +609,7 @@ class OperatorMachine(RuleBasedStateMachine):
     def start(self, case: Case) -> None:
         self.case = case
         self.operator = WindowOperator(case.rule())
+        self.handle = self.operator.handler()
         self.reference = Reference(case)
 
     @rule(
@@ -630,7 +632,7 @@ class OperatorMachine(RuleBasedStateMachine):
         except RefLate:
             expected = "late"
         try:
-            got: Outcome = rows(self.operator.handle(doc, time, position, ident))
+            got: Outcome = rows(self.handle(doc, time, position, ident))
         except LateEvent:
             got = "late"
         assert got == expected
