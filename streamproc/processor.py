@@ -19,7 +19,7 @@ from streamproc.interfaces import RestorePoint
 from streamproc.records import Alert, DeadLetter, Position, Record, make_alert_id
 from streamproc.ruleset import Condition, Rule, RuleSet
 from streamproc.shardloop import LoopShape, ShardLoop, compile_loop
-from streamproc.stateful import RecordHandler, StateItem
+from streamproc.stateful import StateItem
 from streamproc.windowing import WindowSet
 from streamproc.windows import parse_event_time
 
@@ -221,7 +221,10 @@ class ShardProcessor:
         # the loop, and a loop holding the processor would make a cycle, which keeps a dropped
         # shard's state until a full collection.
         steps = _SlowSteps(
-            self._plan, self.identity_field, self.event_time_field, self._stateful_plan
+            self._plan,
+            self.identity_field,
+            self.event_time_field,
+            tuple(name for name, _ in self._stateful_plan),
         )
         namespace: dict[str, Any] = {
             "loads": orjson.loads,
@@ -355,19 +358,19 @@ class _SlowSteps:
     """What a shard loop calls off its straight path: a matched condition's alert, a
     condition's or a stateful rule's failure. Holds no reference to the processor."""
 
-    __slots__ = ("event_time_field", "identity_field", "plan", "stateful")
+    __slots__ = ("event_time_field", "identity_field", "plan", "stateful_names")
 
     def __init__(
         self,
         plan: list[tuple[int, Rule, Condition, tuple[str, ...]]],
         identity_field: str,
         event_time_field: str,
-        stateful: list[tuple[str, RecordHandler]],
+        stateful_names: tuple[str, ...],
     ) -> None:
         self.plan = plan
         self.identity_field = identity_field
         self.event_time_field = event_time_field
-        self.stateful = stateful
+        self.stateful_names = stateful_names
 
     def condition_failed(
         self, index: int, exc: Exception, record: Record, dead: list[DeadLetter]
@@ -442,7 +445,7 @@ class _SlowSteps:
 
     def stateful_raised(self, index: int, exc: Exception) -> str:
         """Why stateful rule ``index`` refused a record it raised on."""
-        return f"rule {self.stateful[index][0]!r} raised {type(exc).__name__}: {exc}"
+        return f"rule {self.stateful_names[index]!r} raised {type(exc).__name__}: {exc}"
 
 
 def _identity(doc: Mapping[str, Any], identity_field: str, record: Record) -> str:

@@ -229,3 +229,27 @@ def test_a_dropped_processor_is_freed_at_once() -> None:
         gc.garbage.clear()
         gc.enable()
     assert ours == []
+
+
+def test_a_stateful_rule_that_raises_dead_letters_the_record_and_names_itself() -> None:
+    """A stateful rule's own code failing on a record (here a threshold function) is bad data
+    for that rule only: the record's dead letter names the rule and the error, and the other
+    steps and records go on."""
+
+    def threshold(store: str, product: str) -> float:
+        if product == "broken":
+            raise KeyError(product)
+        return 5.0
+
+    stock = inventory_rule(name="stock", reorder_threshold=threshold, initial_quantity=6)
+    rules = RuleSet((BIG,), stateful_rules=(stock,))
+    processor = ShardProcessor(rules, default_sinks=("sqs",), shard_id="shard-1")
+    result = processor.process([tx(1, product_id="broken"), tx(2)])
+    assert [(d.sequence_number, d.rule, d.reason) for d in result.dead_letters] == [
+        ("1", "stock", "rule 'stock' raised KeyError: 'broken'")
+    ]
+    assert sorted((a.sequence_number, a.rule) for a in result.alerts) == [
+        ("1", "big"),
+        ("2", "big"),
+        ("2", "stock"),
+    ]
