@@ -26,6 +26,9 @@ from streamproc.windows.eventtime import parse_event_time
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench"
 SHARD = "shardId-000000000000"
+# A Kinesis sequence number is a 56-digit decimal (the engine reads it as an integer for every
+# record it keeps a position of): the records get consecutive ones from here, as from a stream.
+FIRST_SEQUENCE = 49_659_412_771_049_025_660_855_969_253_836_157_109_592_157_598_913_658_900
 
 SPEC = DemoSpec(
     seed=2026,
@@ -79,11 +82,12 @@ def lines(count: int) -> list[bytes]:
 
 
 def records(count: int) -> list[Record]:
-    """One shard's records, in order, with arrival times that match their event times."""
+    """One shard's records, in order, with Kinesis-shaped sequence numbers and arrival times that
+    match their event times."""
     out = []
     for n, data in enumerate(lines(count)):
         # Partition key: the card, as demo.encode sets it; not read by the processor.
-        out.append(Record(data, "", str(n + 1), 0, START_MS + n // 10, SHARD))
+        out.append(Record(data, "", str(FIRST_SEQUENCE + n), 0, START_MS + n // 10, SHARD))
     return out
 
 

@@ -76,8 +76,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SEED_RULES = ROOT / "benchmarks" / "rulesets" / "seed.py"
 STREAM = "transactions"
 SINK = "memory"
-# A Kinesis sequence number is a 56-digit decimal; the records get consecutive ones from here.
-FIRST_SEQUENCE = 49_659_412_771_049_025_660_855_969_253_836_157_109_592_157_598_913_658_900
 ROUNDS = 1  # a round reads the whole data set: 1,000,000 records take 25-50 s here
 
 
@@ -113,7 +111,6 @@ def record_messages(records: list[Record], per_message: int) -> Recording:
     """The data set as ``processRecords`` lines, the daemon's JSON for each record."""
     last_arrival = records[-1].arrival_ms
     messages = []
-    sequence = FIRST_SEQUENCE
     for start in range(0, len(records), per_message):
         batch = records[start : start + per_message]
         items = []
@@ -123,20 +120,20 @@ def record_messages(records: list[Record], per_message: int) -> Recording:
                     "data": b64encode(record.data).decode("ascii"),
                     # The card, as the demo producer sets it (the data set leaves it empty).
                     "partitionKey": record.partition_key or orjson.loads(record.data)["card_id"],
-                    "sequenceNumber": str(sequence),
+                    # 56 digits, like Kinesis's (benchmarks/dataset.py)
+                    "sequenceNumber": record.sequence_number,
                     "approximateArrivalTimestamp": record.arrival_ms,
                     "subSequenceNumber": record.sub_sequence_number,
                     "action": "record",
                 }
             )
-            sequence += 1
         message = {
             "action": "processRecords",
             "records": items,
             "millisBehindLatest": last_arrival - batch[-1].arrival_ms,
         }
         messages.append(orjson.dumps(message) + b"\n")
-    return Recording(messages, len(records), str(sequence - 1))
+    return Recording(messages, len(records), records[-1].sequence_number)
 
 
 def message_line(message: dict[str, Any]) -> bytes:
