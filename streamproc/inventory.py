@@ -61,6 +61,7 @@ from streamproc.records import (
     Record,
     Severity,
     make_alert_id,
+    pos_of,
 )
 from streamproc.stateful import RecordHandler, ShardState, StatefulRuleSpec, StateItem
 from streamproc.windows.eventtime import parse_event_time
@@ -139,11 +140,12 @@ class _InventoryState(ShardState):
         self._as_of: dict[_Key, tuple[str, Position]] = {}
         # What each batch since the last committed snapshot changed (snapshots are taken at
         # batch ends: the runtime checkpoints the end of a processed batch), and what the
-        # current batch has changed so far, with its first and latest changing positions.
+        # current batch has changed so far, with its first and latest changing records (their
+        # positions are made at the batch's end, not per record).
         self._batches: list[_Batch] = []
         self._changed: dict[_Key, _Stock] = {}
-        self._first: Pos = (0, 0)
-        self._last: Pos = (0, 0)
+        self._first: Record | None = None
+        self._last: Record | None = None
         self._static = None if callable(rule.reorder_threshold) else float(rule.reorder_threshold)
         # A product's first stock when the threshold is static (else per product, on the way).
         self._fresh: _Stock | None = (
@@ -165,13 +167,12 @@ class _InventoryState(ShardState):
         self,
         doc: Mapping[str, Any],
         record: Record,
-        position: Pos,
         identity: str,
         restoring: bool,
     ) -> str | None:
         """One record, through a handler made for the call: the shard processor keeps one
         (:meth:`record_handler`) and calls it per record."""
-        return self.record_handler()(doc, record, position, identity, restoring)
+        return self.record_handler()(doc, record, identity, restoring)
 
     def record_handler(self) -> RecordHandler:
         """:meth:`on_record`, with the rule's constants bound in a closure: the hot path reads
@@ -194,7 +195,6 @@ class _InventoryState(ShardState):
         def on_record(
             doc: Mapping[str, Any],
             record: Record,
-            position: Pos,
             identity: str,
             restoring: bool,
         ) -> str | None:
@@ -220,7 +220,7 @@ class _InventoryState(ShardState):
             key = (store, product)
             if as_of:
                 done = as_of.get(key)
-                if done is not None and done[0] == record.shard_id and position <= done[1]:
+                if done is not None and done[0] == record.shard_id and pos_of(record) <= done[1]:
                     return None  # the loaded snapshot already counts this record
             threshold = rule.threshold(store, product) if static is None else static
             stock = stocks.get(key)
@@ -254,9 +254,9 @@ class _InventoryState(ShardState):
             stocks[key] = stock = (quantity, armed, rate, rate_ms)
             changed = self._changed
             if not changed:
-                self._first = position
+                self._first = record
             changed[key] = stock
-            self._last = position
+            self._last = record
             if stock_sink is not None and not restoring:
                 self._alerts.append(self._stock_update(record, identity, store, product, delta))
             return None
@@ -326,8 +326,11 @@ class _InventoryState(ShardState):
         alerts.extend(self._alerts)
         self._alerts = []
         if self._changed:  # kept as tuples, which the garbage collector stops tracking
-            self._batches.append((self._first, self._last, tuple(self._changed.items())))
+            first, last = self._first, self._last
+            assert first is not None and last is not None  # set with the first change
+            self._batches.append((pos_of(first), pos_of(last), tuple(self._changed.items())))
             self._changed = {}
+            self._first = self._last = None
 
     def oldest_position(self) -> Pos | None:
         return None  # snapshotted, not replayed

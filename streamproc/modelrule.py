@@ -46,6 +46,7 @@ from streamproc.records import (
     Record,
     Severity,
     make_alert_id,
+    pos_of,
 )
 from streamproc.sql import Predicate, compile_condition, field_getter
 from streamproc.stateful import ShardState, StatefulRuleSpec
@@ -118,12 +119,11 @@ class _ModelState(ShardState):
         self,
         doc: Mapping[str, Any],
         record: Record,
-        position: Pos,
         identity: str,
         restoring: bool,
     ) -> str | None:
         try:
-            row = self.features.observe(doc, position, record.arrival_ms)
+            row = self.features.observe(doc, pos_of(record), record.arrival_ms)
         except RecordError as exc:
             return f"{exc.reason} (rule {self.rule.name!r})"
         if not restoring:

@@ -16,7 +16,7 @@ import orjson
 
 from streamproc.errors import MissingFieldError, RecordError
 from streamproc.interfaces import RestorePoint
-from streamproc.records import Alert, DeadLetter, Position, Record, make_alert_id
+from streamproc.records import Alert, DeadLetter, Position, Record, make_alert_id, pos_of
 from streamproc.ruleset import Condition, Rule, RuleSet
 from streamproc.shardloop import LoopShape, ShardLoop, compile_loop
 from streamproc.stateful import StateItem
@@ -245,6 +245,7 @@ class ShardProcessor:
             "run_refused": windows.run_refused,
             "window_refused": windows.refused,
             "add_alerts": windows.add_alerts,
+            "pos_of": pos_of,
             "stateful_raised": steps.stateful_raised,
         }
         for index, (_, _, condition, _) in enumerate(self._plan):
@@ -288,17 +289,16 @@ class ShardProcessor:
                 self._finish_restore()
             return False
         result.restored += 1
-        position = record.position
         replayed = _identity(doc, self.identity_field, record)
         if self.ruleset.window_rules:
-            self.windows.on_record(doc, record, position, replayed, None, rejected)
+            self.windows.on_record(doc, record, replayed, None, rejected)
             rejected.clear()
         for _, on_record in self._stateful_plan:
             try:
-                on_record(doc, record, position, replayed, True)
+                on_record(doc, record, replayed, True)
             except Exception:  # refused when it was first processed: skip it again
                 log.debug("rule state refused a replayed record", exc_info=True)
-        if position == self._restore_until:
+        if record.position == self._restore_until:
             self._finish_restore()
         return True
 

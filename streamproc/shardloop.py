@@ -112,7 +112,6 @@ _STATE_HEAD = """\
                 identity = record.identity
             else:
                 identity = f"{{IDENTITY_FIELD}}={{value}}"
-        position = (int(record.sequence_number), record.sub_sequence_number)
 """
 # A run of window rules reading one time field: the time parsed once, then each rule's handler.
 _RUN_TIME = """\
@@ -143,18 +142,19 @@ _RUN_ARRIVAL = """\
 """
 _HANDLER = """\
             try:
-                results = h{i}(doc, event_ms, position, identity)
+                results = h{i}(doc, event_ms, record, identity)
             except RecordError as exc:
                 window_refused({i}, exc, record, dead)
             else:
                 if results:
                     add_alerts(
-                        {i}, results, record.shard_id, position, alerts, record.sequence_number
+                        {i}, results, record.shard_id, pos_of(record), alerts,
+                        record.sequence_number,
                     )
 """
 _STATEFUL = """\
         try:
-            refused = s{j}(doc, record, position, identity, False)
+            refused = s{j}(doc, record, identity, False)
         except Exception as exc:  # bad data must not stop the shard
             refused = stateful_raised({j}, exc)
         if refused is not None:

@@ -24,8 +24,8 @@ from typing import Any
 
 from streamproc.records import Alert, DeadLetter, Pos, Position, Record, quick_init
 
-#: ``on_record(doc, record, position, identity, restoring) -> reason or None``
-RecordHandler = Callable[[Mapping[str, Any], Record, Pos, str, bool], str | None]
+#: ``on_record(doc, record, identity, restoring) -> reason or None``
+RecordHandler = Callable[[Mapping[str, Any], Record, str, bool], str | None]
 
 
 @quick_init  # snapshots make tens of thousands at a checkpoint
@@ -67,14 +67,15 @@ class ShardState(ABC):
         self,
         doc: Mapping[str, Any],
         record: Record,
-        position: Pos,
         identity: str,
         restoring: bool,
     ) -> str | None:
-        """Take one decoded record into account. ``position`` is the record's, as a plain
-        (sequence number, sub-sequence number) tuple: keep that, not a Position, in state.
-        Returns a reason if the record cannot be used by this rule (it is dead-lettered,
-        unless restoring), else None."""
+        """Take one decoded record into account. Returns a reason if the record cannot be used
+        by this rule (it is dead-lettered, unless restoring), else None.
+
+        A position kept in state is the plain (sequence number, sub-sequence number) tuple
+        ``pos_of(record)``, not a Position, made only where it is kept or compared: the hot
+        path makes none per record."""
 
     def record_handler(self) -> RecordHandler:
         """What the shard processor calls per record: :meth:`on_record`, or a function doing

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from streamproc.errors import RecordError
-from streamproc.records import Alert, DeadLetter, Pos, Record, make_alert_id
+from streamproc.records import Alert, DeadLetter, Pos, Record, make_alert_id, pos_of
 from streamproc.sql_runtime import field_getter
 from streamproc.windows import (
     LateEvent,
@@ -74,7 +74,6 @@ class WindowSet:
         self,
         doc: Mapping[str, Any],
         record: Record,
-        position: Pos,
         identity: str,
         alerts: list[Alert] | None,
         rejected: list[tuple[str, str]],
@@ -101,13 +100,14 @@ class WindowSet:
                 for _, rule_name, _ in run:
                     rejected.append((rule_name, f"{exc.reason} (rule {rule_name!r})"))
                 continue
-            for index, rule_name, on_event in run:
+            for index, rule_name, handle in run:
                 try:
-                    results = on_event(doc, event_ms, position, identity)
+                    results = handle(doc, event_ms, record, identity)
                 except RecordError as exc:
                     rejected.append((rule_name, self._reason(index, exc, alerts is not None)))
                     continue
                 if results and alerts is not None:
+                    position = pos_of(record)
                     self.add_alerts(
                         index, results, record.shard_id, position, alerts, record.sequence_number
                     )
@@ -187,7 +187,7 @@ class WindowSet:
     ) -> None:
         """Append the alerts of ``results``. ``fallback`` is the position of results without a
         trigger; ``fallback_sequence``, if given, is its sequence number as the stream wrote it
-        (results triggered at ``fallback`` then reuse the text instead of converting back)."""
+        (results triggered there then reuse the text instead of converting the number back)."""
         name, version, severity, sinks, per_event, group_by = self._alerting[index]
         dumps = orjson.dumps
         for result in results:
@@ -211,7 +211,7 @@ class WindowSet:
             if result.correction:
                 identity += f"|correction={result.trigger_identity}"
             where = result.trigger or fallback or (0, 0)
-            if where is fallback and fallback_sequence is not None:
+            if fallback_sequence is not None and where == fallback:
                 sequence_number = fallback_sequence
             else:
                 sequence_number = str(where[0])

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from streamproc.errors import RecordError, RuleCompileError
-from streamproc.records import Pos
+from streamproc.records import Pos, Record, pos_of
 from streamproc.windows.aggregates import TIME, AggregateSet
 from streamproc.windows.base import Engine, Evaluator, KeyReader, LateEvent, WindowResult
 from streamproc.windows.eventtime import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
@@ -18,7 +18,9 @@ from streamproc.windowspec import Hop, Session, Sliding, Tumble, WindowRule
 
 __all__ = ["Handler", "WindowOperator"]
 
-Handler = Callable[[Mapping[str, Any], int, Pos, str], Sequence[WindowResult]]
+#: ``handle(doc, event_time_ms, record, identity)``: :meth:`WindowOperator.on_event` for a
+#: record, which makes the record's position only where it keeps or compares one.
+Handler = Callable[[Mapping[str, Any], int, Record, str], Sequence[WindowResult]]
 
 
 class WindowOperator:
@@ -71,12 +73,14 @@ class WindowOperator:
         self._retention = retention
         self._watermark: int | None = None
         self._max_time: int | None = None
-        self._record_setter: Pos | None = None  # latest event whose time was a new maximum
+        # The latest event whose time was a new maximum: its position, or (set by a fast path,
+        # which makes no position per event) its record; read through _setter().
+        self._record_setter: Pos | Record | None = None
         self._seq = 0
 
     def handler(self) -> Handler:
-        """``handle(doc, event_time_ms, position, identity)``: :meth:`on_event`, or its fast path
-        where the rule has one (a closure over this operator and its engine).
+        """``handle(doc, event_time_ms, record, identity)``: :meth:`on_event` for ``record``, or
+        its fast path where the rule has one (a closure over this operator and its engine).
 
         The caller keeps it; the operator does not, or operator and handler would hold each
         other and a dropped operator's state would wait for a full collection."""
@@ -90,7 +94,25 @@ class WindowOperator:
                 return self._pane_handler(engine)
         else:
             return self._session_handler(engine)
-        return self.on_event
+        return self._general_handler()
+
+    def _general_handler(self) -> Handler:
+        """:meth:`on_event` as a handler: the record's position made for every event."""
+        general = self.on_event
+
+        def handle(
+            doc: Mapping[str, Any], event_time_ms: int, record: Record, identity: str
+        ) -> Sequence[WindowResult]:
+            return general(doc, event_time_ms, pos_of(record), identity)
+
+        return handle
+
+    def _setter(self) -> Pos | None:
+        """The latest record setter's position."""
+        setter = self._record_setter
+        if setter is None or isinstance(setter, tuple):
+            return setter
+        return pos_of(setter)
 
     def on_event(
         self,
@@ -133,7 +155,7 @@ class WindowOperator:
             position,
             identity,
             self._seq,
-            self._record_setter or position,  # never None here: set above at the latest
+            self._setter() or position,  # never None here: set above at the latest
             max_time,
             watermark,
             late,
@@ -159,7 +181,7 @@ class WindowOperator:
         range_ms = engine.range_ms
         holds_by_count = engine.holds_by_count
         if holds_by_count is None:  # pragma: no cover - the caller checked
-            return general
+            return self._general_handler()
         heap = engine.heap
         lateness = self._lateness
         read_key = self._key
@@ -167,7 +189,7 @@ class WindowOperator:
         none: tuple[WindowResult, ...] = ()  # returned when nothing fired
 
         def handle(
-            doc: Mapping[str, Any], event_time_ms: int, position: Pos, identity: str
+            doc: Mapping[str, Any], event_time_ms: int, record: Record, identity: str
         ) -> Sequence[WindowResult]:
             watermark = self._watermark
             max_time = self._max_time
@@ -178,7 +200,7 @@ class WindowOperator:
                 or event_time_ms < watermark  # behind a deadline set by advance_to or flush
                 or event_time_ms > MAX_EVENT_TIME_MS  # the general path refuses it
             ):
-                return general(doc, event_time_ms, position, identity)
+                return general(doc, event_time_ms, pos_of(record), identity)
             key = None if key_name is None else doc.get(key_name)
             if key.__class__ is not str:
                 key = read_key(doc)  # normalizes other values, raises for bad ones
@@ -190,7 +212,7 @@ class WindowOperator:
                 times = state  # the key's item times
                 oldest = state.first  # None: no items
                 if state.due is None or state.by_arrival is not None or oldest is None:
-                    return general(doc, event_time_ms, position, identity)
+                    return general(doc, event_time_ms, pos_of(record), identity)
                 # From here on exactly what the general path does for such an event.
                 pruned = oldest <= watermark - reach
                 if pruned:  # items out of every future window's reach: drop them
@@ -202,19 +224,19 @@ class WindowOperator:
                 count = len(times)
                 if oldest <= since:  # not every item is in it
                     count -= bisect_right(times, since)
-            # The event sets a record (its time is at or after every earlier one).
-            self._seq += 1
+            # The event sets a record (its time is at or after every earlier one). (No arrival
+            # sequence: a count-only rule keeps none per item.)
             self._max_time = event_time_ms
-            self._record_setter = position
+            self._record_setter = record
             if event_time_ms >= engine.next_mark:
-                engine.mark(event_time_ms, position)
+                engine.mark(event_time_ms, pos_of(record))
             holds = holds_by_count.get(count)
             if holds is None:
                 holds = engine.count_holds(key, event_time_ms, count)
             out: list[WindowResult] | None = None
             if holds and not state.previous:
                 out = []
-                engine.fire_count(key, event_time_ms, count, position, identity, False, out)
+                engine.fire_count(key, event_time_ms, count, pos_of(record), identity, False, out)
             state.previous = holds
             moved = event_time_ms - lateness
             if moved > watermark:
@@ -222,7 +244,7 @@ class WindowOperator:
                 if heap and heap[0][0] <= moved:
                     if out is None:
                         out = []
-                    engine.close_until(moved, position, out)
+                    engine.close_until(moved, pos_of(record), out)
             return none if out is None else out
 
         return handle
@@ -248,7 +270,7 @@ class WindowOperator:
         none: tuple[WindowResult, ...] = ()  # returned when nothing fired or closed
 
         def handle(
-            doc: Mapping[str, Any], event_time_ms: int, position: Pos, identity: str
+            doc: Mapping[str, Any], event_time_ms: int, record: Record, identity: str
         ) -> Sequence[WindowResult]:
             watermark = self._watermark
             max_time = self._max_time
@@ -259,9 +281,9 @@ class WindowOperator:
                 or event_time_ms < watermark  # behind a deadline set by advance_to or flush
                 or event_time_ms > MAX_EVENT_TIME_MS  # the general path refuses it
             ):
-                return general(doc, event_time_ms, position, identity)
+                return general(doc, event_time_ms, pos_of(record), identity)
             if where is not None and not where(doc):
-                return self._time_passes(event_time_ms, position)
+                return self._time_passes(event_time_ms, pos_of(record))
             key = None if key_name is None else doc.get(key_name)
             if key.__class__ is not str:
                 key = read_key(doc)  # normalizes other values, raises for bad ones
@@ -269,10 +291,10 @@ class WindowOperator:
             pane = panes.get(start)
             state = None if pane is None else pane.keys.get(key)
             if state is None:  # the key's first event in this pane: the general path makes it
-                return general(doc, event_time_ms, position, identity)
+                return general(doc, event_time_ms, pos_of(record), identity)
             self._seq = seq = self._seq + 1
             self._max_time = event_time_ms
-            self._record_setter = position
+            self._record_setter = record
             add(state, doc, event_time_ms, seq)
             out: list[WindowResult] | None = None
             if early:  # a Tumble: the event is in one window, the one of its pane
@@ -285,6 +307,7 @@ class WindowOperator:
                         keys.add(key)
                         end = start + size
                         output, values = found
+                        position = pos_of(record)
                         out = [
                             result_of(output, start, end, values, event_time_ms, position, identity)
                         ]
@@ -299,7 +322,7 @@ class WindowOperator:
                 ):
                     if out is None:
                         out = []
-                    engine.close_until(moved, position, out)
+                    engine.close_until(moved, pos_of(record), out)
             return none if out is None else out
 
         return handle
@@ -321,7 +344,7 @@ class WindowOperator:
         none: tuple[WindowResult, ...] = ()
 
         def handle(
-            doc: Mapping[str, Any], event_time_ms: int, position: Pos, identity: str
+            doc: Mapping[str, Any], event_time_ms: int, record: Record, identity: str
         ) -> Sequence[WindowResult]:
             watermark = self._watermark
             max_time = self._max_time
@@ -332,23 +355,23 @@ class WindowOperator:
                 or event_time_ms < watermark
                 or event_time_ms > MAX_EVENT_TIME_MS
             ):
-                return general(doc, event_time_ms, position, identity)
+                return general(doc, event_time_ms, pos_of(record), identity)
             if where is not None and not where(doc):
-                return self._time_passes(event_time_ms, position)
+                return self._time_passes(event_time_ms, pos_of(record))
             key = None if key_name is None else doc.get(key_name)
             if key.__class__ is not str:
                 key = read_key(doc)
             session = by_key.get(key)
             if session.__class__ is not KeySession:  # a new key, or one with two or more
-                return general(doc, event_time_ms, position, identity)
+                return general(doc, event_time_ms, pos_of(record), identity)
             state = session.state
             # The session's last event is at or before every later one, so the event joins it
             # (and no other) exactly when it is within the gap of that last event.
             if event_time_ms >= state[TIME] + gap:
-                return general(doc, event_time_ms, position, identity)
+                return general(doc, event_time_ms, pos_of(record), identity)
             self._seq = seq = self._seq + 1
             self._max_time = event_time_ms
-            self._record_setter = position
+            self._record_setter = record
             add(state, doc, event_time_ms, seq)
             end = state[TIME] + gap  # after the watermark: the session stays open
             session.closed = False
@@ -357,14 +380,14 @@ class WindowOperator:
             out: list[WindowResult] | None = None
             if early and not session.emitted:
                 out = []
-                engine.emit_now(session, end, event_time_ms, position, identity, False, out)
+                engine.emit_now(session, end, event_time_ms, pos_of(record), identity, False, out)
             moved = event_time_ms - lateness
             if moved > watermark:
                 self._watermark = moved
                 if heap and heap[0][0] <= moved:
                     if out is None:
                         out = []
-                    engine.close_until(moved, position, out)
+                    engine.close_until(moved, pos_of(record), out)
             return out or none
 
         return handle
@@ -430,7 +453,7 @@ class WindowOperator:
         ``advance_to``/``flush`` are not rebuilt.
         """
         held = self._engine.oldest_rs()
-        return held if held is not None else self._record_setter
+        return held if held is not None else self._setter()
 
     def state_size(self) -> tuple[int, int]:
         """(keys holding state, stored items: pane states, sessions or sliding events)."""

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamproc.errors import MissingFieldError, RecordError, RuleCompileError
-from streamproc.records import Position
+from streamproc.records import Position, Record
 from streamproc.windows import (
     LateEvent,
     WindowOperator,
@@ -503,15 +503,22 @@ def test_event_times_outside_the_years_1_to_9999_are_record_errors_and_change_no
     """The processor parses every time first (years 1..9999); a direct caller of the operator
     gets the same refusal, before any state changes (a sliding key keeps 64-bit times)."""
     feed = Feed(make_rule(window))
-    call = feed.operator.on_event if entry == "on_event" else feed.operator.handler()
+    handle = feed.operator.handler()
+
+    def call(doc: dict[str, Any], time: int, sequence: int, identity: str) -> None:
+        if entry == "on_event":
+            feed.operator.on_event(doc, time, Position(sequence), identity)
+        else:
+            handle(doc, time, at(sequence), identity)
+
     late = parse_event_time("9999-12-31T23:59:59.999Z")
-    call({"card": "a"}, late - 5, Position(1), "e1")
-    call({"card": "a"}, late, Position(2), "e2")  # the last millisecond of the range is taken
+    call({"card": "a"}, late - 5, 1, "e1")
+    call({"card": "a"}, late, 2, "e2")  # the last millisecond of the range is taken
     for bad in (late + 1, 2**63, -(2**63) - 1, parse_event_time("0001-01-01T00:00:00Z") - 1):
         with pytest.raises(RecordError, match="outside the years 1 to 9999"):
-            call({"card": "a"}, bad, Position(3), "e3")
+            call({"card": "a"}, bad, 3, "e3")
         with pytest.raises(RecordError, match="outside the years 1 to 9999"):
-            call({"card": "new"}, bad, Position(3), "e3")
+            call({"card": "new"}, bad, 3, "e3")
     assert feed.operator.watermark_ms == late
     assert feed.operator.state_size()[0] == 1  # no state for "new"
     assert feed.operator.oldest_position() == Position(1)
@@ -801,7 +808,7 @@ def test_count_only_sliding_fast_path_counts_exactly_the_range() -> None:
     got, expected = [], []
     for index, (card, time) in enumerate(events):
         doc = {"card": card, "t": time}
-        got += handle(doc, time, Position(index + 1), f"e{index}")
+        got += handle(doc, time, at(index + 1), f"e{index}")
         expected += general.on_event(doc, time, Position(index + 1), f"e{index}")
     assert [(r.values, r.trigger_identity) for r in got] == [
         ({"card": "a", "n": 2}, "e2"),  # 11: (1, 11] holds 10 and 11; at 10, (0, 10] held only 10
@@ -827,7 +834,7 @@ def test_count_only_sliding_fast_path_drops_exactly_the_events_out_of_range() ->
     handle = WindowOperator(rule).handler()
     fired = []
     for index, time in enumerate([0, 2, 11, 12, 30, 31]):
-        for result in handle({"card": "d", "t": time}, time, Position(index + 1), ""):
+        for result in handle({"card": "d", "t": time}, time, at(index + 1), ""):
             fired.append(result.event_time_ms)
     assert fired == [2, 31]
 
@@ -851,7 +858,7 @@ def test_sliding_keys_know_their_first_item_time_after_every_event(
     handle = operator.handler()
     for index, (card, time) in enumerate(events):
         with contextlib.suppress(LateEvent):
-            handle({"card": card, "t": time}, time, Position(index + 1), f"e{index}")
+            handle({"card": card, "t": time}, time, at(index + 1), f"e{index}")
         for state in engine.by_key.values():
             assert state.first == (state[0] if state else None)
 
@@ -876,3 +883,8 @@ def test_sliding_marks_stay_few_over_a_long_stream(lateness: int) -> None:
     expected = Position(oldest_time // 1_000 * 2 + 1)
     assert feed.operator.oldest_position() == expected
     assert expected.sequence_number < 7_200 - (10_000 + lateness) // 500  # not the last one
+
+
+def at(sequence: int) -> Record:
+    """A record at ``sequence``: what the processor hands an operator's handler."""
+    return Record(b"{}", "", str(sequence), 0, 0, "shardId-000000000000")

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from streamproc.records import Position
+from streamproc.records import Position, Record
 from streamproc.windows import LateEvent, WindowOperator, WindowResult, sliding
 from streamproc.windowspec import (
     Aggregate,
@@ -403,7 +403,7 @@ def run_engine(operator: WindowOperator, events: list[Event], first: int = 0) ->
     handle = operator.handler()  # the entry point the processor uses (a fast path for some rules)
     for index, (doc, time) in enumerate(events, start=first):
         try:
-            found = handle(doc, time, Position(index + 1), f"e{index}")
+            found = handle(doc, time, at(index + 1), f"e{index}")
         except LateEvent as late:
             assert late.reason.startswith("late event: event time ")
             outcomes.append("late")
@@ -558,7 +558,7 @@ def restart_by_replay(case: Case, events: list[Event], data: st.DataObject) -> N
     start = before.oldest_position()
     size_before = before.state_size()
     replayed = WindowOperator(case.rule())
-    first = split if start is None else start.sequence_number - 1
+    first = split if start is None else start[0] - 1
     assert 0 <= first <= split
     replay = run_engine(replayed, events[first:split], first=first)  # results: discarded
     # the replay judges every record late or not as the first run did (same watermark)
@@ -585,7 +585,7 @@ def oldest_position_only_moves_forward_and_bounds_held_state(
     handle = operator.handler()
     for index, (doc, time) in enumerate(events):
         with contextlib.suppress(LateEvent):
-            handle(doc, time, Position(index + 1), "")
+            handle(doc, time, at(index + 1), "")
         oldest = operator.oldest_position()
         if oldest is not None:
             assert oldest <= Position(index + 1)
@@ -632,7 +632,7 @@ class OperatorMachine(RuleBasedStateMachine):
         except RefLate:
             expected = "late"
         try:
-            got: Outcome = rows(self.handle(doc, time, position, ident))
+            got: Outcome = rows(self.handle(doc, time, at(position[0]), ident))
         except LateEvent:
             got = "late"
         assert got == expected
@@ -663,3 +663,8 @@ OperatorMachine.TestCase.settings = settings(
     max_examples=100, stateful_step_count=40, deadline=None
 )
 TestOperatorMachine = OperatorMachine.TestCase
+
+
+def at(sequence: int) -> Record:
+    """A record at ``sequence``: what the processor hands an operator's handler."""
+    return Record(b"{}", "", str(sequence), 0, 0, "shardId-000000000000")
