@@ -283,7 +283,7 @@ class WindowOperator:
             ):
                 return general(doc, event_time_ms, pos_of(record), identity)
             if where is not None and not where(doc):
-                return self._time_passes(event_time_ms, pos_of(record))
+                return self._time_passes(event_time_ms, record)
             key = None if key_name is None else doc.get(key_name)
             if key.__class__ is not str:
                 key = read_key(doc)  # normalizes other values, raises for bad ones
@@ -357,7 +357,7 @@ class WindowOperator:
             ):
                 return general(doc, event_time_ms, pos_of(record), identity)
             if where is not None and not where(doc):
-                return self._time_passes(event_time_ms, pos_of(record))
+                return self._time_passes(event_time_ms, record)
             key = None if key_name is None else doc.get(key_name)
             if key.__class__ is not str:
                 key = read_key(doc)
@@ -392,18 +392,20 @@ class WindowOperator:
 
         return handle
 
-    def _time_passes(self, event_time_ms: int, position: Pos) -> list[WindowResult]:
+    def _time_passes(self, event_time_ms: int, event: Pos | Record) -> list[WindowResult]:
+        """A record WHERE filtered out (``event``: its position, or the record itself, whose
+        position is then made only if windows close) moves event time only."""
         max_time = self._max_time
         if max_time is not None and event_time_ms < max_time:
             return []
         self._max_time = event_time_ms
-        self._record_setter = position
+        self._record_setter = event
         moved = event_time_ms - self._lateness
         if self._watermark is not None and moved <= self._watermark:
             return []
         self._watermark = moved
         out: list[WindowResult] = []
-        self._engine.close_until(moved, position, out)
+        self._engine.close_until(moved, self._setter(), out)
         return out
 
     def advance_to(self, watermark_ms: int) -> list[WindowResult]:
