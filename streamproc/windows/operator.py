@@ -108,11 +108,13 @@ class WindowOperator:
         return handle
 
     def _setter(self) -> Pos | None:
-        """The latest record setter's position."""
+        """The latest record setter's position, made once from its record if a fast path kept
+        that (state stamped with it then shares one tuple, as it did the record's own)."""
         setter = self._record_setter
         if setter is None or isinstance(setter, tuple):
             return setter
-        return pos_of(setter)
+        self._record_setter = position = pos_of(setter)
+        return position
 
     def on_event(
         self,
