@@ -220,8 +220,11 @@ class _InventoryState(ShardState):
             key = (store, product)
             if as_of:
                 done = as_of.get(key)
-                if done is not None and done[0] == record.shard_id and pos_of(record) <= done[1]:
-                    return None  # the loaded snapshot already counts this record
+                if done is not None:
+                    if done[0] == record.shard_id and pos_of(record) <= done[1]:
+                        return None  # the loaded snapshot already counts this record
+                    # A shard's records come in order: none after this one is counted there.
+                    del as_of[key]
             threshold = rule.threshold(store, product) if static is None else static
             stock = stocks.get(key)
             if stock is None:
