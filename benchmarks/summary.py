@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 HAND_LOOP = "seed rules: hand-written loop"
+HAND_LOOP_TWENTY = "20 rules: hand-written loop"
 
 
 @dataclass

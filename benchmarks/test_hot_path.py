@@ -1,11 +1,12 @@
 """The hot path per shard: decode alone (the floor), the seed rules by hand and through the
-engine, and twenty rules (also over the same records with their cards folded onto 500, to show
-what fetching per-key state from memory costs). Run: ``make bench``
-(``pytest benchmarks/ --benchmark-only``).
+engine, and twenty rules by hand and through the engine (also over the same records with their
+cards folded onto 500, to show what fetching per-key state from memory costs). Run:
+``make bench`` (``pytest benchmarks/ --benchmark-only``).
 
 Every benchmark processes the whole data set (``benchmarks/dataset.py``: 1,000,000 records by
-default) in batches of 1,000, on one core. The hand-written loop (``benchmarks/handloop.py``)
-is the yardstick: the summary table gives every row's ratio to it. The engine's alerts are
+default) in batches of 1,000, on one core. The hand-written loops (``benchmarks/handloop.py``
+for the seed rules, ``benchmarks/handloop_twenty.py`` for the twenty) are the yardsticks: the
+summary table gives each engine row's ratio to the loop of its rules. The engine's alerts are
 checked against the hand loop's (same ids, same fields) before anything is timed.
 
 Garbage collection runs as in production, with the data set frozen out of it
@@ -30,8 +31,8 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from benchmarks import handloop
-from benchmarks.summary import HAND_LOOP, peak_memory, report
+from benchmarks import handloop, handloop_twenty
+from benchmarks.summary import HAND_LOOP, HAND_LOOP_TWENTY, peak_memory, report
 from streamproc.processor import ShardProcessor
 from streamproc.records import Record
 from streamproc.ruleset import RuleSet, load_rules
@@ -128,21 +129,9 @@ def test_seed_rules_engine(benchmark: Any, batches: list[list[Record]], mode: st
     the same alerts (ids, fields), each once."""
     rules = load_rules([SEED])
     count = sum(map(len, batches))
-    processor = ShardProcessor(rules, default_sinks=("sqs",), shard_id=batches[0][0].shard_id)
-    mine = [
-        (a.rule, a.alert_id, dict(a.fields))
-        for batch in batches
-        for a in processor.process(batch).alerts
-    ]
-    theirs = handloop.run(batches)
-    ids = Counter((rule, alert_id) for rule, alert_id, _ in mine)
-    assert ids == Counter((rule, alert_id) for rule, alert_id, _ in theirs), (
-        f"engine only: {sorted(ids - Counter((r, a) for r, a, _ in theirs))[:3]}"
-    )
-    assert max(ids.values()) == 1
-    assert sorted(mine, key=_ID) == sorted(theirs, key=_ID)
+    processor = _same_alerts(rules, batches, handloop.run(batches))
     keys = dict(processor.state_keys())
-    del processor, mine, theirs  # timed runs start from the same heap as the hand loop's
+    del processor  # timed runs start from the same heap as the hand loop's
     with collector(mode):
         alerts, peak = peak_memory(lambda: engine(rules, batches))
         assert rounds(benchmark, engine, rules, batches) == alerts
@@ -156,15 +145,25 @@ def test_seed_rules_engine(benchmark: Any, batches: list[list[Record]], mode: st
     )
 
 
-def test_seed_rules_engine_paired_with_the_hand_loop(
-    benchmark: Any, batches: list[list[Record]]
+# rule set -> (rules file, hand loop, row name)
+PAIRED = {
+    "seed": (SEED, handloop, "seed rules: engine, paired with the hand loop"),
+    "twenty": (TWENTY, handloop_twenty, "20 rules: engine, paired with its hand loop"),
+}
+
+
+@pytest.mark.parametrize("rule_set", list(PAIRED))
+def test_engine_paired_with_the_hand_loop(
+    benchmark: Any, batches: list[list[Record]], rule_set: str
 ) -> None:
-    """The engine's ratio to the hand loop, robust to a machine whose speed drifts from one
-    minute to the next (this one's does, by up to a third): ``PAIRED_ROUNDS`` pairs, each the
-    hand loop then the engine back to back from a collected heap, GC as in production; the ratio
-    is the median of the pairs' ratios. The rows above time each side in its own rounds,
-    minutes apart, so their ratio also holds how the machine changed in between."""
-    rules = load_rules([SEED])
+    """The engine's ratio to the hand loop of the same rules, robust to a machine whose speed
+    drifts from one minute to the next (this one's does, by up to a third): ``PAIRED_ROUNDS``
+    pairs, each the hand loop then the engine back to back from a collected heap, GC as in
+    production; the ratio is the median of the pairs' ratios. The unpaired rows time each side
+    in its own rounds, minutes apart, so their ratio also holds how the machine changed in
+    between."""
+    path, hand_loop, name = PAIRED[rule_set]
+    rules = load_rules([path])
     count = sum(map(len, batches))
     hand: list[float] = []
     hand_alerts: list[int] = []
@@ -172,18 +171,18 @@ def test_seed_rules_engine_paired_with_the_hand_loop(
     def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
         gc.collect()
         started = time.perf_counter()
-        hand_alerts.append(handloop.count(batches))
+        hand_alerts.append(hand_loop.count(batches))
         hand.append(time.perf_counter() - started)
         gc.collect()
         return (rules, batches), {}
 
     alerts = benchmark.pedantic(engine, setup=setup, rounds=PAIRED_ROUNDS, iterations=1)
-    assert alerts == hand_alerts[-1] > 0  # (test_seed_rules_engine compares them one by one)
+    assert alerts == hand_alerts[-1] > 0  # (the unpaired engine rows compare them one by one)
     engine_s = benchmark.stats.stats.data
     ratios = sorted(e / h for e, h in zip(engine_s, hand, strict=True))
     report(
         benchmark,
-        "seed rules: engine, paired with the hand loop",
+        name,
         count,
         seconds=statistics.median(engine_s),
         note=(
@@ -213,17 +212,36 @@ def folded_batches(batches: list[list[Record]]) -> list[list[Record]]:
     return folded
 
 
+def test_twenty_rules_hand_written_loop(benchmark: Any, batches: list[list[Record]]) -> None:
+    """The twenty rules by hand (benchmarks/handloop_twenty.py): the 20-rule row's yardstick."""
+    count = sum(map(len, batches))
+    alerts, peak = peak_memory(lambda: handloop_twenty.count(batches))
+    assert rounds(benchmark, handloop_twenty.count, batches) == alerts > 0
+    report(
+        benchmark,
+        HAND_LOOP_TWENTY,
+        count,
+        peak_bytes=peak,
+        note=f"{alerts:,} alerts",
+        baseline=HAND_LOOP_TWENTY,
+    )
+
+
 @pytest.mark.parametrize("subset", ["14 conditions", "20 rules", f"20 rules, {FOLDED_CARDS} cards"])
 def test_twenty_rules_engine(
     benchmark: Any, batches: list[list[Record]], subset: str, request: pytest.FixtureRequest
 ) -> None:
     """Fourteen conditions and six windows of every kind (benchmarks/rulesets/twenty.py); the
-    last subset runs all twenty over the records with their cards folded onto 500."""
+    last subset runs all twenty over the records with their cards folded onto 500. All twenty
+    over the data set are first checked against the hand loop: the same alerts (ids, fields),
+    each once."""
     rules = load_rules([TWENTY])
     if subset == "14 conditions":
         rules = RuleSet(rules.rules)
     elif subset != "20 rules":
         batches = request.getfixturevalue("folded_batches")
+    else:
+        _same_alerts(rules, batches, handloop_twenty.run(batches))
     count = sum(map(len, batches))
     alerts, peak = peak_memory(lambda: engine(rules, batches))
     assert rounds(benchmark, engine, rules, batches) == alerts
@@ -233,8 +251,30 @@ def test_twenty_rules_engine(
         count,
         peak_bytes=peak,
         note=f"{alerts:,} alerts",
-        compare=False,
+        compare=subset == "20 rules",
+        baseline=HAND_LOOP_TWENTY,
     )
+
+
+def _same_alerts(
+    rules: RuleSet, batches: list[list[Record]], theirs: list[tuple[str, str, dict[str, Any]]]
+) -> ShardProcessor:
+    """Check that the engine's alerts over ``batches`` (every window closed at the end) are
+    ``theirs``: the same ids, each once, with the same fields. Returns the processor."""
+    processor = ShardProcessor(rules, default_sinks=("sqs",), shard_id=batches[0][0].shard_id)
+    mine = [
+        (a.rule, a.alert_id, dict(a.fields))
+        for batch in batches
+        for a in processor.process(batch).alerts
+    ]
+    mine += [(a.rule, a.alert_id, dict(a.fields)) for a in processor.flush_windows()]
+    ids = Counter((rule, alert_id) for rule, alert_id, _ in mine)
+    assert ids == Counter((rule, alert_id) for rule, alert_id, _ in theirs), (
+        f"engine only: {sorted(ids - Counter((r, a) for r, a, _ in theirs))[:3]}"
+    )
+    assert max(ids.values()) == 1
+    assert sorted(mine, key=_ID) == sorted(theirs, key=_ID)
+    return processor
 
 
 def _ID(alert: tuple[str, str, dict[str, Any]]) -> tuple[str, str]:
