@@ -34,7 +34,7 @@ from streamproc.errors import MissingFieldError
 from streamproc.sql_runtime import field_getter
 from streamproc.windowspec import Aggregate, AggregateFunction
 
-__all__ = ["TIME", "AggregateSet", "State"]
+__all__ = ["TIME", "AggregateSet", "State", "function_of"]
 
 State = list[Any]
 TIME = 0  # slot of the greatest event time added
@@ -226,7 +226,9 @@ class AggregateSet:
 
     __slots__ = (
         "_adds",
+        "_aggregates",
         "_finishers",
+        "_known",
         "_merges",
         "_readers",
         "_set_slots",
@@ -261,6 +263,10 @@ class AggregateSet:
         self._finishers = tuple(finishers)
         self._template = template
         self._set_slots = tuple(set_slots)
+        self._aggregates = tuple(aggregates)
+        # COUNT(DISTINCT) strings met so far, per slot: see _KNOWN_LIMIT (shared by every
+        # generated adder of this set, so equal strings stay one object)
+        self._known: dict[int, dict[str, str]] = {slot: {} for slot in set_slots}
         self.count_star_only = all(add is _add_count_star for _, add in adds)
         # The three below are generated functions, not bound methods: the set keeps them, and a
         # bound method kept by its own object is a cycle (freed only by a full collection).
@@ -278,8 +284,14 @@ class AggregateSet:
             self.add = _count_star_adder(len(adds))
             self.extract = _no_values
         else:
-            self.add = _generated_adder(aggregates, adds, readers)
+            self.add = _generated_adder(aggregates, adds, readers, self._known)
             self.extract = _extractor(self._readers)
+
+    def inline_add(self) -> tuple[str, dict[str, Any], bool]:
+        """:attr:`add` for a generated fast path that sets the time slot itself: the steps'
+        source (function-body indentation, over the locals ``state``, ``doc`` and ``seq``),
+        the names it reads (to put in the function's namespace) and whether it reads ``seq``."""
+        return _add_steps(self._aggregates, self._adds, self._readers, self._known)
 
     def new_state(self, event_time: int) -> State:
         """An empty state (no records) stamped with ``event_time`` as its greatest time."""
@@ -422,12 +434,16 @@ _ADD_STEP: dict[str, str] = {
 }
 
 
-def _generated_adder(
-    aggregates: Sequence[Aggregate], adds: Sequence[tuple[int, Adder]], readers: Sequence[Reader]
-) -> Callable[[State, Mapping[str, Any], int, int], None]:
-    """``AggregateSet._add`` as one function (same semantics: the property tests compare)."""
+def _add_steps(
+    aggregates: Sequence[Aggregate],
+    adds: Sequence[tuple[int, Adder]],
+    readers: Sequence[Reader],
+    known: Mapping[int, dict[str, str]],
+) -> tuple[str, dict[str, Any], bool]:
+    """The steps of ``AggregateSet._add`` after the time slot, as source at function-body
+    indentation over the locals ``state``, ``doc`` and ``seq``; the names they read; and whether
+    they read ``seq`` (only the aggregates added through their adder do)."""
     namespace: dict[str, Any] = {
-        "__builtins__": {},
         "int": int,
         "float": float,
         "str": str,
@@ -435,7 +451,8 @@ def _generated_adder(
         "KNOWN_LIMIT": _KNOWN_LIMIT,
         "len": len,
     }
-    source = [_ADD_HEAD]
+    source = []
+    uses_seq = False
     for aggregate, (slot, add), read in zip(aggregates, adds, readers, strict=True):
         if add is _add_count_star:
             source.append(_ADD_STEP["count_star"].format(slot=slot))
@@ -452,10 +469,23 @@ def _generated_adder(
         kind = aggregate.function if aggregate.function in _ADD_STEP else "call"
         if kind == "call":
             namespace[f"ADD_{slot}"] = add
+            uses_seq = True
         elif kind == "count_distinct":
-            namespace[f"KNOWN_{slot}"] = {}
+            namespace[f"KNOWN_{slot}"] = known[slot]
         source.append(_ADD_STEP[kind].format(slot=slot, value=value))
-    return _function("".join(source), namespace, "add")
+    return "".join(source), namespace, uses_seq
+
+
+def _generated_adder(
+    aggregates: Sequence[Aggregate],
+    adds: Sequence[tuple[int, Adder]],
+    readers: Sequence[Reader],
+    known: Mapping[int, dict[str, str]],
+) -> Callable[[State, Mapping[str, Any], int, int], None]:
+    """``AggregateSet._add`` as one function (same semantics: the property tests compare)."""
+    steps, names, _ = _add_steps(aggregates, adds, readers, known)
+    namespace: dict[str, Any] = {"__builtins__": {}, **names}
+    return function_of(_ADD_HEAD + steps, namespace, "add")
 
 
 def _generated_finisher(finishers: Sequence[tuple[int, Finisher]]) -> Callable[[State], list[Any]]:
@@ -472,13 +502,15 @@ def _generated_finisher(finishers: Sequence[tuple[int, Finisher]]) -> Callable[[
             namespace[f"FINISH_{slot}"] = finish
             parts.append(f"FINISH_{slot}(state[{slot}])")
     source = f"def finish(state):\n    return [{', '.join(parts)}]\n"
-    return _function(source, namespace, "finish")
+    return function_of(source, namespace, "finish")
 
 
-def _function(source: str, namespace: dict[str, Any], name: str) -> types.FunctionType:
-    """The function defined by ``source`` (built here from our snippets and slot numbers),
-    bound to ``namespace``. Nothing is executed: the function's code object is taken out of
-    the compiled module."""
-    code = compile(ast.parse(source), "<aggregates>", "exec", dont_inherit=True)
+def function_of(
+    source: str, namespace: dict[str, Any], name: str, filename: str = "<aggregates>"
+) -> types.FunctionType:
+    """The function defined by ``source`` (built from our snippets and slot numbers, never rule
+    text), bound to ``namespace``. Nothing is executed: the function's code object is taken out
+    of the compiled module."""
+    code = compile(ast.parse(source), filename, "exec", dont_inherit=True)
     (function_code,) = (c for c in code.co_consts if isinstance(c, types.CodeType))
     return types.FunctionType(function_code, namespace, name)

@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streamproc.errors import RecordError, RuleCompileError
 from streamproc.records import Pos, Record, pos_of
-from streamproc.windows.aggregates import TIME, AggregateSet
+from streamproc.windows.aggregates import AggregateSet
 from streamproc.windows.base import Engine, Evaluator, KeyReader, LateEvent, WindowResult
 from streamproc.windows.eventtime import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
+from streamproc.windows.fastpaths import Handler, pane_handler, session_handler
 from streamproc.windows.panes import PaneEngine
-from streamproc.windows.sessions import KeySession, SessionEngine
+from streamproc.windows.sessions import SessionEngine
 from streamproc.windows.sliding import SlidingEngine
 from streamproc.windowspec import Hop, Session, Sliding, Tumble, WindowRule
 
 __all__ = ["Handler", "WindowOperator"]
-
-#: ``handle(doc, event_time_ms, record, identity)``: :meth:`WindowOperator.on_event` for a
-#: record, which makes the record's position only where it keeps or compares one.
-Handler = Callable[[Mapping[str, Any], int, Record, str], Sequence[WindowResult]]
 
 
 class WindowOperator:
@@ -91,9 +88,9 @@ class WindowOperator:
                 return self._sliding_count_handler(engine)
         elif isinstance(engine, PaneEngine):
             if not engine.early or engine.slide == engine.size:  # not an early Hop
-                return self._pane_handler(engine)
+                return pane_handler(self, engine, _top_key(self.rule.group_by))
         else:
-            return self._session_handler(engine)
+            return session_handler(self, engine, _top_key(self.rule.group_by))
         return self._general_handler()
 
     def _general_handler(self) -> Handler:
@@ -248,149 +245,6 @@ class WindowOperator:
                         out = []
                     engine.close_until(moved, pos_of(record), out)
             return none if out is None else out
-
-        return handle
-
-    def _pane_handler(self, engine: PaneEngine) -> Handler:
-        """:meth:`on_event` for an on-time event (at or after every earlier one) of a key that
-        already has a pane at its time, in a Tumble or Hop rule (an early Hop excepted): one
-        in-place update of the pane, for an early Tumble one HAVING check unless the window
-        fired, and the boundary work only when the watermark reaches it. Any other event takes
-        the general path, which makes the same changes (the property tests check both against
-        a brute-force model)."""
-        general = self.on_event
-        where = self._where
-        read_key = self._key
-        key_name = _top_key(self.rule.group_by)
-        panes, starts, fired = engine.panes, engine.starts, engine.fired
-        add = engine.aggs.add
-        slide, size = engine.slide, engine.size
-        lingers = size + engine.keep  # the first pane is freed once the watermark is this past it
-        early = engine.early
-        values_for, result_of = engine.ev.values_for, engine.ev.result
-        lateness = self._lateness
-        none: tuple[WindowResult, ...] = ()  # returned when nothing fired or closed
-
-        def handle(
-            doc: Mapping[str, Any], event_time_ms: int, record: Record, identity: str
-        ) -> Sequence[WindowResult]:
-            watermark = self._watermark
-            max_time = self._max_time
-            if (
-                watermark is None
-                or max_time is None
-                or event_time_ms < max_time
-                or event_time_ms < watermark  # behind a deadline set by advance_to or flush
-                or event_time_ms > MAX_EVENT_TIME_MS  # the general path refuses it
-            ):
-                return general(doc, event_time_ms, pos_of(record), identity)
-            if where is not None and not where(doc):
-                return self._time_passes(event_time_ms, record)
-            key = None if key_name is None else doc.get(key_name)
-            if key.__class__ is not str:
-                key = read_key(doc)  # normalizes other values, raises for bad ones
-            start = event_time_ms - event_time_ms % slide
-            pane = panes.get(start)
-            state = None if pane is None else pane.keys.get(key)
-            if state is None:  # the key's first event in this pane: the general path makes it
-                return general(doc, event_time_ms, pos_of(record), identity)
-            self._seq = seq = self._seq + 1
-            self._max_time = event_time_ms
-            self._record_setter = record
-            add(state, doc, event_time_ms, seq)
-            out: list[WindowResult] | None = None
-            if early:  # a Tumble: the event is in one window, the one of its pane
-                keys = fired.get(start)
-                if keys is None or key not in keys:
-                    found = values_for(key, state)
-                    if found is not None:
-                        if keys is None:
-                            keys = fired[start] = set()
-                        keys.add(key)
-                        end = start + size
-                        output, values = found
-                        position = pos_of(record)
-                        out = [
-                            result_of(output, start, end, values, event_time_ms, position, identity)
-                        ]
-            moved = event_time_ms - lateness
-            if moved > watermark:
-                self._watermark = moved
-                next_end = engine.next_end
-                if (
-                    next_end is None
-                    or moved >= next_end
-                    or (starts and starts[0] + lingers <= moved)
-                ):
-                    if out is None:
-                        out = []
-                    engine.close_until(moved, pos_of(record), out)
-            return none if out is None else out
-
-        return handle
-
-    def _session_handler(self, engine: SessionEngine) -> Handler:
-        """:meth:`on_event` for an on-time event (at or after every earlier one) that extends
-        its key's only session: one in-place update, an early check unless the session was
-        emitted, and closing only when the watermark reaches the first deadline. Any other event
-        (a new key or session, a merge) takes the general path, which makes the same changes."""
-        general = self.on_event
-        where = self._where
-        read_key = self._key
-        key_name = _top_key(self.rule.group_by)
-        by_key, heap = engine.by_key, engine.heap
-        add = engine.aggs.add
-        gap = engine.gap
-        early = engine.early
-        lateness = self._lateness
-        none: tuple[WindowResult, ...] = ()
-
-        def handle(
-            doc: Mapping[str, Any], event_time_ms: int, record: Record, identity: str
-        ) -> Sequence[WindowResult]:
-            watermark = self._watermark
-            max_time = self._max_time
-            if (
-                watermark is None
-                or max_time is None
-                or event_time_ms < max_time
-                or event_time_ms < watermark
-                or event_time_ms > MAX_EVENT_TIME_MS
-            ):
-                return general(doc, event_time_ms, pos_of(record), identity)
-            if where is not None and not where(doc):
-                return self._time_passes(event_time_ms, record)
-            key = None if key_name is None else doc.get(key_name)
-            if key.__class__ is not str:
-                key = read_key(doc)
-            session = by_key.get(key)
-            if session.__class__ is not KeySession:  # a new key, or one with two or more
-                return general(doc, event_time_ms, pos_of(record), identity)
-            state = session.state
-            # The session's last event is at or before every later one, so the event joins it
-            # (and no other) exactly when it is within the gap of that last event.
-            if event_time_ms >= state[TIME] + gap:
-                return general(doc, event_time_ms, pos_of(record), identity)
-            self._seq = seq = self._seq + 1
-            self._max_time = event_time_ms
-            self._record_setter = record
-            add(state, doc, event_time_ms, seq)
-            end = state[TIME] + gap  # after the watermark: the session stays open
-            session.closed = False
-            if session.due is None or end < session.due:
-                engine.schedule(session, end)
-            out: list[WindowResult] | None = None
-            if early and not session.emitted:
-                out = []
-                engine.emit_now(session, end, event_time_ms, pos_of(record), identity, False, out)
-            moved = event_time_ms - lateness
-            if moved > watermark:
-                self._watermark = moved
-                if heap and heap[0][0] <= moved:
-                    if out is None:
-                        out = []
-                    engine.close_until(moved, pos_of(record), out)
-            return out or none
 
         return handle
 

@@ -1,0 +1,236 @@
+"""Generated fast paths of the window operator: one function per rule and shard.
+
+A fast path does for the common event what :meth:`WindowOperator.on_event` does, in fewer
+steps: an on-time event (at or after every earlier one, not behind the watermark) of a key
+whose state is already there. Any other event goes to ``on_event`` (the general path), which
+makes the same changes; ``tests/unit/test_windows_properties.py`` checks both against a
+brute-force model for every window kind, emit mode and aggregate mix.
+
+Each is generated for its rule: the rule's choices (a WHERE or not, a top-level GROUP BY field
+or a path, early or final) pick the lines, and the aggregates' updates are written inline
+(:meth:`AggregateSet.inline_add`) instead of called. The source is built from the constant
+snippets below and slot numbers only, never rule text: field names, the operator, its engine
+and helpers are values in the function's namespace, whose builtins are empty. Nothing is
+executed to build it: the function's code object is taken out of the compiled module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+from streamproc.records import Record, pos_of
+from streamproc.windows.aggregates import TIME, function_of
+from streamproc.windows.base import WindowResult
+from streamproc.windows.eventtime import MAX_EVENT_TIME_MS
+from streamproc.windows.sessions import KeySession
+
+if TYPE_CHECKING:
+    from streamproc.windows.operator import WindowOperator
+    from streamproc.windows.panes import PaneEngine
+    from streamproc.windows.sessions import SessionEngine
+
+__all__ = ["Handler", "pane_handler", "session_handler"]
+
+#: ``handle(doc, event_time_ms, record, identity)``: :meth:`WindowOperator.on_event` for a
+#: record, which makes the record's position only where it keeps or compares one.
+Handler = Callable[[Mapping[str, Any], int, Record, str], Sequence[WindowResult]]
+
+_GENERAL = "GENERAL(doc, event_time_ms, POS_OF(record), identity)"
+
+# An event before the operator's latest, behind its watermark (a deadline set by advance_to
+# or flush), or past the years the windows take (the general path refuses it): the general path.
+_HEAD = f"""
+def handle(doc, event_time_ms, record, identity):
+    watermark = OP._watermark
+    max_time = OP._max_time
+    if (
+        watermark is None
+        or max_time is None
+        or event_time_ms < max_time
+        or event_time_ms < watermark
+        or event_time_ms > MAX_EVENT_TIME_MS
+    ):
+        return {_GENERAL}
+"""
+# A record WHERE filters out moves event time only (its position is made if windows close).
+_WHERE = """
+    if not WHERE(doc):
+        return OP._time_passes(event_time_ms, record)
+"""
+# One top-level GROUP BY field: read directly; a value other than a string is normalized (or
+# refused) by the key reader. Any other GROUP BY: the key reader.
+_TOP_KEY = """
+    key = doc.get(KEY_NAME)
+    if key.__class__ is not str:
+        key = READ_KEY(doc)
+"""
+_READ_KEY = """
+    key = READ_KEY(doc)
+"""
+# The event sets a record (its time is at or after every earlier one); the state's greatest
+# time is then the event's. The arrival sequence only where an aggregate reads it.
+_SEQ = """
+    OP._seq = seq = OP._seq + 1
+"""
+_SETS = f"""
+    OP._max_time = event_time_ms
+    OP._record_setter = record
+    state[{TIME}] = event_time_ms
+"""
+
+# -- Tumble, Hop (but an early Hop) ------------------------------------------------------------
+# The key's pane at the event's time must be there (the general path makes it).
+_PANE_FIND = f"""
+    start = event_time_ms - event_time_ms % SLIDE
+    pane = PANES.get(start)
+    if pane is None:
+        return {_GENERAL}
+    state = pane.keys.get(key)
+    if state is None:
+        return {_GENERAL}
+"""
+# An early Tumble: the event is in one window, its pane's; one HAVING check until it fires.
+_PANE_EARLY = """
+    out = None
+    keys = FIRED.get(start)
+    if keys is None or key not in keys:
+        found = VALUES_FOR(key, state)
+        if found is not None:
+            if keys is None:
+                keys = FIRED[start] = set()
+            keys.add(key)
+            output, values = found
+            out = [
+                RESULT_OF(
+                    output, start, start + SIZE, values, event_time_ms, POS_OF(record), identity
+                )
+            ]
+"""
+_PANE_FINAL = """
+    out = None
+"""
+# The watermark moves with the event; the boundary work only when it reaches a window's end or
+# the first pane's release.
+_PANE_TAIL = """
+    moved = event_time_ms - LATENESS
+    if moved > watermark:
+        OP._watermark = moved
+        next_end = ENGINE.next_end
+        if next_end is None or moved >= next_end or (STARTS and STARTS[0] + LINGERS <= moved):
+            if out is None:
+                out = []
+            ENGINE.close_until(moved, POS_OF(record), out)
+    return NONE if out is None else out
+"""
+
+# -- Session -----------------------------------------------------------------------------------
+# The key's only session, which the event extends: its last event is at or before every later
+# one, so the event joins it (and no other) exactly when it is within the gap of that last one.
+_SESSION_FIND = f"""
+    session = BY_KEY.get(key)
+    if session.__class__ is not KEY_SESSION:
+        return {_GENERAL}
+    state = session.state
+    if event_time_ms >= state[{TIME}] + GAP:
+        return {_GENERAL}
+"""
+# The session stays open (its end is after the watermark); its heap entry only moves earlier.
+_SESSION_END = """
+    end = event_time_ms + GAP
+    session.closed = False
+    due = session.due
+    if due is None or end < due:
+        ENGINE.schedule(session, end)
+    out = None
+"""
+_SESSION_EARLY = """
+    if not session.emitted:
+        out = []
+        ENGINE.emit_now(session, end, event_time_ms, POS_OF(record), identity, False, out)
+"""
+_SESSION_TAIL = """
+    moved = event_time_ms - LATENESS
+    if moved > watermark:
+        OP._watermark = moved
+        if HEAP and HEAP[0][0] <= moved:
+            if out is None:
+                out = []
+            ENGINE.close_until(moved, POS_OF(record), out)
+    return out or NONE
+"""
+
+
+def _common(operator: WindowOperator, key_name: str | None) -> tuple[list[str], dict[str, Any]]:
+    """The head (checks, WHERE, key) and the names every fast path reads."""
+    namespace: dict[str, Any] = {
+        "__builtins__": {},
+        "OP": operator,
+        "GENERAL": operator.on_event,
+        "POS_OF": pos_of,
+        "MAX_EVENT_TIME_MS": MAX_EVENT_TIME_MS,
+        "READ_KEY": operator._key,
+        "KEY_NAME": key_name,
+        "LATENESS": operator._lateness,
+        "NONE": (),  # returned when nothing fired or closed
+        "set": set,
+    }
+    source = [_HEAD]
+    if operator._where is not None:
+        namespace["WHERE"] = operator._where
+        source.append(_WHERE)
+    source.append(_READ_KEY if key_name is None else _TOP_KEY)
+    return source, namespace
+
+
+def _updates(operator: WindowOperator, namespace: dict[str, Any]) -> list[str]:
+    """The updates of an event that joins existing state: operator, time slot, aggregates."""
+    steps, names, uses_seq = operator._engine.aggs.inline_add()  # type: ignore[union-attr]
+    namespace.update(names)
+    return [_SEQ if uses_seq else "", _SETS, steps]
+
+
+def pane_handler(operator: WindowOperator, engine: PaneEngine, key_name: str | None) -> Handler:
+    """The fast path of a Tumble or Hop rule (not an early Hop: its event is in several open
+    windows): one in-place update of the key's pane, for an early Tumble one HAVING check
+    unless the window fired, and the boundary work only when the watermark reaches it."""
+    source, namespace = _common(operator, key_name)
+    namespace.update(
+        SLIDE=engine.slide,
+        SIZE=engine.size,
+        PANES=engine.panes,
+        STARTS=engine.starts,
+        FIRED=engine.fired,
+        LINGERS=engine.size + engine.keep,  # the first pane goes once the watermark is past this
+        ENGINE=engine,
+        VALUES_FOR=engine.ev.values_for,
+        RESULT_OF=engine.ev.result,
+    )
+    source.append(_PANE_FIND)
+    source += _updates(operator, namespace)
+    source.append(_PANE_EARLY if engine.early else _PANE_FINAL)
+    source.append(_PANE_TAIL)
+    return cast(Handler, function_of("".join(source), namespace, "handle", "<window fast path>"))
+
+
+def session_handler(
+    operator: WindowOperator, engine: SessionEngine, key_name: str | None
+) -> Handler:
+    """The fast path of a Session rule: an event that extends its key's only session is one
+    in-place update, an early check unless the session was emitted, and closing only when the
+    watermark reaches the first deadline. A new key or session, a merge: the general path."""
+    source, namespace = _common(operator, key_name)
+    namespace.update(
+        BY_KEY=engine.by_key,
+        KEY_SESSION=KeySession,
+        GAP=engine.gap,
+        HEAP=engine.heap,
+        ENGINE=engine,
+    )
+    source.append(_SESSION_FIND)
+    source += _updates(operator, namespace)
+    source.append(_SESSION_END)
+    if engine.early:
+        source.append(_SESSION_EARLY)
+    source.append(_SESSION_TAIL)
+    return cast(Handler, function_of("".join(source), namespace, "handle", "<window fast path>"))
