@@ -62,6 +62,24 @@ def test_quick_init_objects_stay_frozen_and_refuse_wrong_arguments(cls: type[Any
     with pytest.raises(TypeError, match="unexpected keyword"):
         cls(**values, surplus=1)
     assert getattr(made, first) == values[first]
+    # set through a subclass that allows it for the time of __init__: made a cls again after
+    assert type(made) is cls
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        delattr(made, first)
+
+
+def test_quick_init_builds_an_instance_of_a_subclass_as_that_subclass() -> None:
+    """A subclass that inherits the quick __init__ keeps its own type (its objects are set
+    field by field through the slots instead)."""
+
+    class Tagged(Record):
+        __slots__ = ()
+
+    made = Tagged(b"{}", "key", "1", 0, 5, "shard-1")
+    assert type(made) is Tagged
+    assert (made.data, made.shard_id, made.arrival_ms) == (b"{}", "shard-1", 5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.data = b"changed"  # type: ignore[misc]
 
 
 def test_quick_init_refuses_a_class_it_cannot_build() -> None:
