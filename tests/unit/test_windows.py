@@ -147,9 +147,14 @@ def test_parse_event_time_caches_give_the_full_parse_for_every_string() -> None:
         assert parse_event_time(text) == millis
         assert parse_event_time(text) == millis  # the same string again
         assert parse_event_time(str(text)) == eventtime._parse(text, str)
+        copy = "".join(text)  # an equal text in another string object
+        assert copy is not text and parse_event_time(copy) == millis
     parse_event_time("2024-05-01T12:00:00.250Z")
     with pytest.raises(RecordError):
         parse_event_time(None)  # never the remembered value of another input
+    assert parse_event_time(1) == 1_000
+    with pytest.raises(RecordError, match="boolean"):
+        parse_event_time(True)  # equal to 1, but not a time
 
 
 def test_format_event_time() -> None:
