@@ -77,7 +77,9 @@ class WindowOperator:
 
     def handler(self) -> Handler:
         """``handle(doc, event_time_ms, record, identity)``: :meth:`on_event` for ``record``, or
-        its fast path where the rule has one (a closure over this operator and its engine).
+        its fast path where the rule has one: a closure over this operator and its engine
+        (count-only Sliding), or a function generated for the rule whose namespace holds them
+        (Tumble, Hop, Session: :mod:`~streamproc.windows.fastpaths`).
 
         The caller keeps it; the operator does not, or operator and handler would hold each
         other and a dropped operator's state would wait for a full collection."""
