@@ -630,6 +630,123 @@ class _Rename(ast.NodeTransformer):
         return node
 
 
+def _field_read(node: ast.AST) -> str | None:
+    """The top-level field ``node`` reads (``r['amount']``), else None."""
+    if (
+        isinstance(node, ast.Subscript)
+        and isinstance(node.value, ast.Name)
+        and node.value.id == "r"
+        and isinstance(node.slice, ast.Constant)
+        and isinstance(node.slice.value, str)
+    ):
+        return node.slice.value
+    return None
+
+
+def _always_evaluated(node: ast.expr) -> list[ast.AST]:
+    """The nodes evaluated whenever ``node`` is: an AND/OR's first operand, a conditional
+    expression's test, a comparison's first operand, and what an attribute, walrus, subscript,
+    call or arithmetic evaluates first; not what short-circuiting may skip."""
+    found: list[ast.AST] = [node]
+    if isinstance(node, ast.BoolOp):
+        found += _always_evaluated(node.values[0])
+    elif isinstance(node, ast.IfExp):
+        found += _always_evaluated(node.test)
+    elif isinstance(node, ast.Compare):
+        found += _always_evaluated(node.left) + _always_evaluated(node.comparators[0])
+    elif isinstance(node, ast.Attribute | ast.NamedExpr):
+        found += _always_evaluated(node.value)
+    elif isinstance(node, ast.Subscript):
+        found += _always_evaluated(node.value) + _always_evaluated(node.slice)
+    elif isinstance(node, ast.UnaryOp):
+        found += _always_evaluated(node.operand)
+    elif isinstance(node, ast.BinOp):
+        found += _always_evaluated(node.left) + _always_evaluated(node.right)
+    elif isinstance(node, ast.Call):
+        found += _always_evaluated(node.func)
+        for arg in node.args:
+            found += _always_evaluated(arg)
+    return found
+
+
+class _SharedReads(ast.NodeTransformer):
+    """One condition's reads of the shared fields: ``(_t0 := r['amount']).__class__ in _NUM``
+    becomes the flag computed once, the temporary ``_t0`` the shared value, and any other read
+    of the field the shared value."""
+
+    def __init__(self, shared: dict[str, str], flags: dict[tuple[str, str, str], str]) -> None:
+        self.shared = shared  # field -> the name holding its value
+        self.flags = flags  # (field, operator, helper) -> the name holding the class check
+        self.aliases: dict[str, str] = {}  # this condition's temporaries -> shared names
+
+    def visit_Compare(self, node: ast.Compare) -> ast.expr:
+        left = node.left
+        if (
+            len(node.ops) == 1
+            and isinstance(node.ops[0], ast.In | ast.Is)
+            and isinstance(node.comparators[0], ast.Name)
+            and node.comparators[0].id.startswith("_")
+            and isinstance(left, ast.Attribute)
+            and left.attr == "__class__"
+            and isinstance(left.value, ast.NamedExpr)
+            and (field := _field_read(left.value.value)) in self.shared
+        ):
+            check = (field, type(node.ops[0]).__name__, node.comparators[0].id)
+            if check not in self.flags:
+                self.flags[check] = f"_class{len(self.flags)}"
+            self.aliases[left.value.target.id] = self.shared[field]
+            return A.load(self.flags[check])
+        self.generic_visit(node)
+        return node
+
+    def visit_Subscript(self, node: ast.Subscript) -> ast.expr:
+        field = _field_read(node)
+        if field in self.shared:
+            return A.load(self.shared[field])
+        self.generic_visit(node)
+        return node
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        if isinstance(node.ctx, ast.Load) and node.id in self.aliases:
+            return A.load(self.aliases[node.id])
+        return node
+
+
+def _share_field_reads(steps: list[ast.If]) -> list[ast.stmt]:
+    """Read a field once for all conditions, and check its class once, where that changes
+    nothing but the cost: a top-level field that some condition reads whenever it is evaluated
+    (so the fused function reads it on every call, and raises if it is missing, as before),
+    read by two conditions or more. The steps, with those reads first."""
+    always: set[str] = set()
+    uses: dict[str, int] = {}
+    for step in steps:
+        always.update(f for n in _always_evaluated(step.test) if (f := _field_read(n)))
+        for node in ast.walk(step.test):
+            if (field := _field_read(node)) is not None:
+                uses[field] = uses.get(field, 0) + 1
+    shared = {f: f"_field{i}" for i, f in enumerate(sorted(f for f in always if uses[f] > 1))}
+    if not shared:
+        return list(steps)
+    flags: dict[tuple[str, str, str], str] = {}
+    # Two passes: a temporary is loaded after the check that binds it, possibly in a later
+    # part of the tree, so the aliases are known only once the whole condition was seen.
+    for step in steps:
+        rewrite = _SharedReads(shared, flags)
+        rewrite.visit(step.test)
+        step.test = rewrite.visit(step.test)
+    reads: list[ast.stmt] = []
+    for field, name in shared.items():
+        reads += ast.parse(f"{name} = r[_FIELD]").body  # our template; the field is a constant
+        assign = reads[-1]
+        assert isinstance(assign, ast.Assign) and isinstance(assign.value, ast.Subscript)
+        assign.value.slice = A.const(field)
+    for (field, op, helper), name in flags.items():
+        check = "is" if op == "Is" else "in"
+        (assign,) = ast.parse(f"{name} = {shared[field]}.__class__ {check} {helper}").body
+        reads.append(assign)
+    return reads + list(steps)
+
+
 def fuse_conditions(conditions: list[CompiledCondition]) -> FusedConditions:
     """One function evaluating every condition on a record: the indices of those that are TRUE.
 
@@ -643,7 +760,7 @@ def fuse_conditions(conditions: list[CompiledCondition]) -> FusedConditions:
     function = module.body[0]
     assert isinstance(function, ast.FunctionDef)
     namespace: dict[str, Any] = {}
-    steps: list[ast.stmt] = []
+    steps: list[ast.If] = []
     for index, condition in enumerate(conditions):
         if condition.tree is None:
             raise ValueError(f"condition {condition.text!r} has no expression to fuse")
@@ -661,7 +778,7 @@ def fuse_conditions(conditions: list[CompiledCondition]) -> FusedConditions:
         assert isinstance(hit, ast.AugAssign) and isinstance(hit.value, ast.Tuple)
         hit.value.elts = [A.const(index)]
         steps.append(step)
-    function.body[1:1] = steps
+    function.body[1:1] = _share_field_reads(steps)
     ast.fix_missing_locations(module)
     code = compile(module, "<conditions>", "exec", dont_inherit=True)
     # As for one condition: nothing is executed, the code object is bound to the namespace.

@@ -718,3 +718,38 @@ def test_fused_conditions_keep_each_conditions_constants() -> None:
     assert fused({"merchant": "A", "amount": 11}) == (0,)
     assert fused({"merchant": "C", "amount": 21}) == (1, 2)
     assert fused({"merchant": "B", "amount": 5}) == ()
+
+
+class _CountingReads(dict[str, Any]):
+    """A record that counts how often each field is read."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads: dict[str, int] = {}
+
+    def __getitem__(self, key: str) -> Any:
+        self.reads[key] = self.reads.get(key, 0) + 1
+        return super().__getitem__(key)
+
+
+def test_fused_conditions_read_a_field_every_condition_needs_once() -> None:
+    """A top-level field that some condition reads whenever it runs (its first operand) is read
+    and class-checked once for all; a field read only behind a short-circuit is read where it
+    is, so a record without it still runs the fused function."""
+    fused = fuse_conditions(
+        [
+            compile_condition("amount > 2000 AND state <> home_state"),
+            compile_condition("amount >= 9000"),
+            compile_condition("merchant = 'FuelMax' AND amount > 150 AND rare > 1"),
+            compile_condition("merchant LIKE '% Online %' AND amount > 1000"),
+        ]
+    )
+    record = _CountingReads(amount=2500.0, state="CA", home_state="NY", merchant="FuelMax", rare=2)
+    assert fused(record) == (0, 2)
+    assert record.reads == {"amount": 1, "merchant": 1, "state": 1, "home_state": 1, "rare": 1}
+    # "rare" is read only when merchant is FuelMax and the amount over 150: not shared
+    sparse = _CountingReads(amount=50.0, state="CA", home_state="CA", merchant="Bistro 21")
+    assert fused(sparse) == ()
+    assert "rare" not in sparse.reads
+    with pytest.raises(KeyError):
+        fused({"state": "CA", "home_state": "CA", "merchant": "x"})  # amount: every call reads it
