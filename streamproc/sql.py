@@ -669,6 +669,11 @@ def _always_evaluated(node: ast.expr) -> list[ast.AST]:
     return found
 
 
+# The classes a generated condition checks a value against (sql_runtime.RUNTIME): runtime
+# helpers, the same in every condition, so a check can move to the fused function's start.
+_CLASS_HELPERS = frozenset({"_NUM", "_ORD", "_str", "_bool"})
+
+
 class _SharedReads(ast.NodeTransformer):
     """One condition's reads of the shared fields: ``(_t0 := r['amount']).__class__ in _NUM``
     becomes the flag computed once, the temporary ``_t0`` the shared value, and any other read
@@ -685,7 +690,7 @@ class _SharedReads(ast.NodeTransformer):
             len(node.ops) == 1
             and isinstance(node.ops[0], ast.In | ast.Is)
             and isinstance(node.comparators[0], ast.Name)
-            and node.comparators[0].id.startswith("_")
+            and node.comparators[0].id in _CLASS_HELPERS  # (never a condition's temporary)
             and isinstance(left, ast.Attribute)
             and left.attr == "__class__"
             and isinstance(left.value, ast.NamedExpr)
@@ -732,8 +737,7 @@ def _share_field_reads(steps: list[ast.If]) -> list[ast.stmt]:
     # part of the tree, so the aliases are known only once the whole condition was seen.
     for step in steps:
         rewrite = _SharedReads(shared, flags)
-        rewrite.visit(step.test)
-        step.test = rewrite.visit(step.test)
+        step.test = rewrite.visit(rewrite.visit(step.test))
     reads: list[ast.stmt] = []
     for field, name in shared.items():
         reads += ast.parse(f"{name} = r[_FIELD]").body  # our template; the field is a constant
