@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from streamproc.records import Record, pos_of
-from streamproc.windows.aggregates import TIME, function_of
+from streamproc.windows.aggregates import TIME, AggregateSet, function_of
 from streamproc.windows.base import WindowResult
 from streamproc.windows.eventtime import MAX_EVENT_TIME_MS
 from streamproc.windows.sessions import KeySession
@@ -183,9 +183,9 @@ def _common(operator: WindowOperator, key_name: str | None) -> tuple[list[str], 
     return source, namespace
 
 
-def _updates(operator: WindowOperator, namespace: dict[str, Any]) -> list[str]:
+def _updates(aggs: AggregateSet, namespace: dict[str, Any]) -> list[str]:
     """The updates of an event that joins existing state: operator, time slot, aggregates."""
-    steps, names, uses_seq = operator._engine.aggs.inline_add()  # type: ignore[union-attr]
+    steps, names, uses_seq = aggs.inline_add()
     namespace.update(names)
     return [_SEQ if uses_seq else "", _SETS, steps]
 
@@ -207,7 +207,7 @@ def pane_handler(operator: WindowOperator, engine: PaneEngine, key_name: str | N
         RESULT_OF=engine.ev.result,
     )
     source.append(_PANE_FIND)
-    source += _updates(operator, namespace)
+    source += _updates(engine.aggs, namespace)
     source.append(_PANE_EARLY if engine.early else _PANE_FINAL)
     source.append(_PANE_TAIL)
     return cast(Handler, function_of("".join(source), namespace, "handle", "<window fast path>"))
@@ -228,7 +228,7 @@ def session_handler(
         ENGINE=engine,
     )
     source.append(_SESSION_FIND)
-    source += _updates(operator, namespace)
+    source += _updates(engine.aggs, namespace)
     source.append(_SESSION_END)
     if engine.early:
         source.append(_SESSION_EARLY)
