@@ -13,7 +13,7 @@ amazon_kclpy's, unchanged.
 
 from __future__ import annotations
 
-import base64
+import binascii
 import functools
 from collections.abc import Callable, Sequence
 from typing import IO, Any
@@ -25,7 +25,9 @@ from streamproc.records import Record
 
 __all__ = ["RawProcessRecords", "kcl_process", "load_action", "records_of"]
 
-_b64decode = base64.b64decode
+# base64.b64decode without its Python wrapper: a2b_base64 takes ASCII text itself and refuses
+# other text (ValueError) and other types (TypeError) as the wrapper does; not strict, as it is not.
+_b64decode = binascii.a2b_base64
 
 
 class RawProcessRecords(messages.ProcessRecordsInput):  # type: ignore[misc]
@@ -48,18 +50,25 @@ class RawProcessRecords(messages.ProcessRecordsInput):  # type: ignore[misc]
 
     def to_records(self, shard_id: str) -> list[Record]:
         """Our records, as :func:`records_of` builds them from amazon_kclpy's: the data
-        base64-decoded, a missing sub-sequence number as 0."""
-        return [
-            Record(
-                data=_b64decode(r["data"]),
-                partition_key=r["partitionKey"],
-                sequence_number=r["sequenceNumber"],
-                sub_sequence_number=int(r.get("subSequenceNumber") or 0),
-                arrival_ms=int(r["approximateArrivalTimestamp"]),
-                shard_id=shard_id,
+        base64-decoded, a missing sub-sequence number as 0. (The daemon writes both numbers as
+        JSON integers; anything else goes through ``int`` as amazon_kclpy's path does.)"""
+        records: list[Record] = []
+        append = records.append
+        b64decode = _b64decode
+        for r in self.raw:
+            sub = r.get("subSequenceNumber")
+            arrival = r["approximateArrivalTimestamp"]
+            append(
+                Record(
+                    b64decode(r["data"]),
+                    r["partitionKey"],
+                    r["sequenceNumber"],
+                    sub if sub.__class__ is int else int(sub or 0),
+                    arrival if arrival.__class__ is int else int(arrival),
+                    shard_id,
+                )
             )
-            for r in self.raw
-        ]
+        return records
 
 
 def records_of(message: Any, shard_id: str) -> list[Record]:

@@ -11,6 +11,7 @@ where the checkpoint errors the real daemon cannot be made to produce on demand 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import queue
@@ -421,6 +422,22 @@ def test_the_fast_parse_of_process_records_gives_the_records_amazon_kclpy_would(
                 "subSequenceNumber": None,
                 "approximateArrivalTimestamp": 1767225600456,
             },
+            {  # numbers as other writers might send them: int() makes them ours
+                "action": "record",
+                "data": base64.b64encode(b"{}").decode(),
+                "partitionKey": "card-3",
+                "sequenceNumber": "49680613209722956447573071511916626971671785493216886788",
+                "subSequenceNumber": 0,
+                "approximateArrivalTimestamp": 1767225600789.0,
+            },
+            {
+                "action": "record",
+                "data": base64.b64encode(b"[1]").decode(),
+                "partitionKey": "card-4",
+                "sequenceNumber": "49680613209722956447573071511916626971671785493216886789",
+                "subSequenceNumber": "7",
+                "approximateArrivalTimestamp": "1767225600999",
+            },
         ],
     }
     line = json.dumps(message)
@@ -431,7 +448,14 @@ def test_the_fast_parse_of_process_records_gives_the_records_amazon_kclpy_would(
     assert not isinstance(theirs, RawProcessRecords)
     expected = records_of(theirs, SHARD)  # through amazon_kclpy's messages.Record objects
     assert fast.to_records(SHARD) == expected
-    assert [r.sub_sequence_number for r in expected] == [3, 0]
+    assert [r.sub_sequence_number for r in expected] == [3, 0, 0, 7]
+    assert [r.arrival_ms - 1767225600000 for r in expected] == [123, 456, 789, 999]
+    assert all(r.arrival_ms.__class__ is int for r in fast.to_records(SHARD))
+    # A record without the number at all (amazon_kclpy's own objects raise KeyError there).
+    records: list[dict[str, Any]] = message["records"]  # type: ignore[assignment]
+    del records[0]["subSequenceNumber"]
+    (first, *_) = load_action(json.dumps(message), original).to_records(SHARD)
+    assert first == dataclasses.replace(expected[0], sub_sequence_number=0)
     # Code that reads amazon_kclpy's record objects still gets them.
     assert [r.sequence_number for r in fast.records] == [r.sequence_number for r in theirs.records]
     assert all(isinstance(r, messages.Record) for r in fast.records)
