@@ -8,14 +8,17 @@ brute-force model for every window kind, emit mode and aggregate mix.
 
 Each is generated for its rule: the rule's choices (a WHERE or not, a top-level GROUP BY field
 or a path, early or final) pick the lines, and the aggregates' updates are written inline
-(:meth:`AggregateSet.inline_add`) instead of called. The source is built from the constant
-snippets below and slot numbers only, never rule text: field names, the operator, its engine
-and helpers are values in the function's namespace, whose builtins are empty. Nothing is
-executed to build it: the function's code object is taken out of the compiled module.
+(:meth:`AggregateSet.inline_add`) instead of called. Tumble, Hop and Session rules have one;
+a Sliding rule has one when it is decided by its count alone (COUNT(*)s, no WHERE). The source
+is built from the constant snippets below and slot numbers only, never rule text: field names,
+the operator, its engine and helpers are values in the function's namespace, whose builtins
+are empty. Nothing is executed to build it: the function's code object is taken out of the
+compiled module.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,8 +32,9 @@ if TYPE_CHECKING:
     from streamproc.windows.operator import WindowOperator
     from streamproc.windows.panes import PaneEngine
     from streamproc.windows.sessions import SessionEngine
+    from streamproc.windows.sliding import SlidingEngine
 
-__all__ = ["Handler", "pane_handler", "session_handler"]
+__all__ = ["Handler", "pane_handler", "session_handler", "sliding_count_handler"]
 
 #: ``handle(doc, event_time_ms, record, identity)``: :meth:`WindowOperator.on_event` for a
 #: record, which makes the record's position only where it keeps or compares one.
@@ -73,9 +77,11 @@ _READ_KEY = """
 _SEQ = """
     OP._seq = seq = OP._seq + 1
 """
-_SETS = f"""
+_SETS_OP = """
     OP._max_time = event_time_ms
     OP._record_setter = record
+"""
+_SETS = f"""{_SETS_OP}\
     state[{TIME}] = event_time_ms
 """
 
@@ -149,7 +155,9 @@ _SESSION_EARLY = """
         out = []
         ENGINE.emit_now(session, end, event_time_ms, POS_OF(record), identity, False, out)
 """
-_SESSION_TAIL = """
+# The watermark moves with the event; closing only when it reaches the first deadline in the
+# engine's heap (sessions, sliding keys).
+_HEAP_TAIL = """
     moved = event_time_ms - LATENESS
     if moved > watermark:
         OP._watermark = moved
@@ -157,7 +165,46 @@ _SESSION_TAIL = """
             if out is None:
                 out = []
             ENGINE.close_until(moved, POS_OF(record), out)
-    return out or NONE
+    return NONE if out is None else out
+"""
+
+# -- Sliding, decided by the count alone -------------------------------------------------------
+# The key's item times, in time order (the state is the array of them). A new key starts with
+# the event; an existing one must be in the plain state (a heap entry, items, no arrival order
+# kept), else the general path. Items out of every future window's reach are dropped first; the
+# window is (event time - RANGE, event time]. (No arrival sequence: a count-only rule keeps none
+# per item.) The HAVING verdict of each count is cached; a result fires on the edge only.
+_SLIDING_COUNT = f"""
+    state = BY_KEY.get(key)
+    if state is None:
+        state = ENGINE.start_key(key, event_time_ms)
+        count = 1
+    else:
+        oldest = state.first
+        if state.due is None or state.by_arrival is not None or oldest is None:
+            return {_GENERAL}
+        horizon = watermark - REACH
+        if oldest <= horizon:
+            PRUNE(state, horizon)
+            state.append(event_time_ms)
+            state.first = oldest = state[0]
+        else:
+            state.append(event_time_ms)
+        since = event_time_ms - RANGE
+        count = len(state)
+        if oldest <= since:
+            count -= BISECT_RIGHT(state, since)
+{_SETS_OP}\
+    if event_time_ms >= ENGINE.next_mark:
+        ENGINE.mark(event_time_ms, POS_OF(record))
+    holds = HOLDS_BY_COUNT.get(count)
+    if holds is None:
+        holds = ENGINE.count_holds(key, event_time_ms, count)
+    out = None
+    if holds and not state.previous:
+        out = []
+        ENGINE.fire_count(key, event_time_ms, count, POS_OF(record), identity, False, out)
+    state.previous = holds
 """
 
 
@@ -174,6 +221,7 @@ def _common(operator: WindowOperator, key_name: str | None) -> tuple[list[str], 
         "LATENESS": operator._lateness,
         "NONE": (),  # returned when nothing fired or closed
         "set": set,
+        "str": str,  # (_TOP_KEY's class check)
     }
     source = [_HEAD]
     if operator._where is not None:
@@ -232,5 +280,32 @@ def session_handler(
     source.append(_SESSION_END)
     if engine.early:
         source.append(_SESSION_EARLY)
-    source.append(_SESSION_TAIL)
+    source.append(_HEAP_TAIL)
+    return cast(Handler, function_of("".join(source), namespace, "handle", "<window fast path>"))
+
+
+def sliding_count_handler(
+    operator: WindowOperator, engine: SlidingEngine, key_name: str | None
+) -> Handler:
+    """The fast path of a Sliding rule decided by its count alone (every aggregate a COUNT(*),
+    no WHERE; the caller checks): an on-time event of a new key, or of a key in the plain
+    state, is an append, a bisection where items fell out of the window, and the cached HAVING
+    verdict of the count."""
+    holds_by_count = engine.holds_by_count
+    if holds_by_count is None or operator._where is not None:
+        raise ValueError(f"rule {operator._name!r} is not decided by its count alone")
+    source, namespace = _common(operator, key_name)
+    namespace.update(
+        BY_KEY=engine.by_key,
+        REACH=engine.reach,
+        RANGE=engine.range_ms,
+        PRUNE=engine.prune,
+        BISECT_RIGHT=bisect_right,
+        HOLDS_BY_COUNT=holds_by_count,
+        HEAP=engine.heap,
+        ENGINE=engine,
+        len=len,
+    )
+    source.append(_SLIDING_COUNT)
+    source.append(_HEAP_TAIL)
     return cast(Handler, function_of("".join(source), namespace, "handle", "<window fast path>"))

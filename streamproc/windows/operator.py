@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -11,7 +10,12 @@ from streamproc.records import Pos, Record, pos_of
 from streamproc.windows.aggregates import AggregateSet
 from streamproc.windows.base import Engine, Evaluator, KeyReader, LateEvent, WindowResult
 from streamproc.windows.eventtime import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
-from streamproc.windows.fastpaths import Handler, pane_handler, session_handler
+from streamproc.windows.fastpaths import (
+    Handler,
+    pane_handler,
+    session_handler,
+    sliding_count_handler,
+)
 from streamproc.windows.panes import PaneEngine
 from streamproc.windows.sessions import SessionEngine
 from streamproc.windows.sliding import SlidingEngine
@@ -77,17 +81,16 @@ class WindowOperator:
 
     def handler(self) -> Handler:
         """``handle(doc, event_time_ms, record, identity)``: :meth:`on_event` for ``record``, or
-        its fast path where the rule has one: a closure over this operator and its engine
-        (count-only Sliding), or a function generated for the rule whose namespace holds them
-        (Tumble, Hop, Session: :mod:`~streamproc.windows.fastpaths`).
+        its fast path where the rule has one: a function generated for the rule whose namespace
+        holds them (Tumble, Hop, Session, count-only Sliding: :mod:`~streamproc.windows.fastpaths`).
 
         The caller keeps it; the operator does not, or operator and handler would hold each
         other and a dropped operator's state would wait for a full collection."""
         engine = self._engine
         if isinstance(engine, SlidingEngine):
             # A sliding window of COUNT(*)s decided by the count alone; else the general path.
-            if engine.holds_by_count is not None and not self.rule.where:
-                return self._sliding_count_handler(engine)
+            if engine.holds_by_count is not None and self.rule.where is None:
+                return sliding_count_handler(self, engine, _top_key(self.rule.group_by))
         elif isinstance(engine, PaneEngine):
             if not engine.early or engine.slide == engine.size:  # not an early Hop
                 return pane_handler(self, engine, _top_key(self.rule.group_by))
@@ -167,88 +170,6 @@ class WindowOperator:
             self._watermark = moved
             self._engine.close_until(moved, position, out)
         return out
-
-    def _sliding_count_handler(self, engine: SlidingEngine) -> Handler:
-        """:meth:`on_event` for the common case of a count-only sliding rule without WHERE: an
-        event at or after every earlier one, of a key whose items are in time order (items out
-        of reach are dropped here too). The same state changes as the general path in a third of
-        the steps, with the rule's constants bound in a closure; any other event takes the
-        general path (``tests/unit/test_windows_properties.py`` checks both against a
-        brute-force model)."""
-        general = self.on_event
-        by_key = engine.by_key
-        reach = engine.reach
-        prune = engine.prune
-        range_ms = engine.range_ms
-        holds_by_count = engine.holds_by_count
-        if holds_by_count is None:  # pragma: no cover - the caller checked
-            return self._general_handler()
-        heap = engine.heap
-        lateness = self._lateness
-        read_key = self._key
-        key_name = _top_key(self.rule.group_by)
-        none: tuple[WindowResult, ...] = ()  # returned when nothing fired
-
-        def handle(
-            doc: Mapping[str, Any], event_time_ms: int, record: Record, identity: str
-        ) -> Sequence[WindowResult]:
-            watermark = self._watermark
-            max_time = self._max_time
-            if (
-                watermark is None
-                or max_time is None
-                or event_time_ms < max_time
-                or event_time_ms < watermark  # behind a deadline set by advance_to or flush
-                or event_time_ms > MAX_EVENT_TIME_MS  # the general path refuses it
-            ):
-                return general(doc, event_time_ms, pos_of(record), identity)
-            key = None if key_name is None else doc.get(key_name)
-            if key.__class__ is not str:
-                key = read_key(doc)  # normalizes other values, raises for bad ones
-            state = by_key.get(key)
-            if state is None:  # a new key: its first item
-                state = engine.start_key(key, event_time_ms)
-                count = 1
-            else:
-                times = state  # the key's item times
-                oldest = state.first  # None: no items
-                if state.due is None or state.by_arrival is not None or oldest is None:
-                    return general(doc, event_time_ms, pos_of(record), identity)
-                # From here on exactly what the general path does for such an event.
-                pruned = oldest <= watermark - reach
-                if pruned:  # items out of every future window's reach: drop them
-                    prune(state, watermark - reach)
-                times.append(event_time_ms)
-                if pruned:
-                    state.first = oldest = times[0]
-                since = event_time_ms - range_ms  # the window is (since, event time]
-                count = len(times)
-                if oldest <= since:  # not every item is in it
-                    count -= bisect_right(times, since)
-            # The event sets a record (its time is at or after every earlier one). (No arrival
-            # sequence: a count-only rule keeps none per item.)
-            self._max_time = event_time_ms
-            self._record_setter = record
-            if event_time_ms >= engine.next_mark:
-                engine.mark(event_time_ms, pos_of(record))
-            holds = holds_by_count.get(count)
-            if holds is None:
-                holds = engine.count_holds(key, event_time_ms, count)
-            out: list[WindowResult] | None = None
-            if holds and not state.previous:
-                out = []
-                engine.fire_count(key, event_time_ms, count, pos_of(record), identity, False, out)
-            state.previous = holds
-            moved = event_time_ms - lateness
-            if moved > watermark:
-                self._watermark = moved
-                if heap and heap[0][0] <= moved:
-                    if out is None:
-                        out = []
-                    engine.close_until(moved, pos_of(record), out)
-            return none if out is None else out
-
-        return handle
 
     def _time_passes(self, event_time_ms: int, event: Pos | Record) -> list[WindowResult]:
         """A record WHERE filtered out (``event``: its position, or the record itself, whose
