@@ -26,7 +26,7 @@ from streamproc.records import Record
 __all__ = ["RawProcessRecords", "kcl_process", "load_action", "records_of"]
 
 # base64.b64decode without its Python wrapper: a2b_base64 takes ASCII text itself and refuses
-# other text (ValueError) and other types (TypeError) as the wrapper does; not strict, as it is not.
+# other text (ValueError) and other types (TypeError) as the wrapper does; neither is strict.
 _b64decode = binascii.a2b_base64
 
 

@@ -116,19 +116,23 @@ _PANE_EARLY = """
 _PANE_FINAL = """
     out = None
 """
-# The watermark moves with the event; the boundary work only when it reaches a window's end or
-# the first pane's release.
-_PANE_TAIL = """
+# The watermark moves with the event; the boundary work only when it reaches what the kind
+# says is due (``{due}``: a test of ``moved``, the watermark the event makes).
+_TAIL = """
     moved = event_time_ms - LATENESS
     if moved > watermark:
         OP._watermark = moved
-        next_end = ENGINE.next_end
-        if next_end is None or moved >= next_end or (STARTS and STARTS[0] + LINGERS <= moved):
+        if {due}:
             if out is None:
                 out = []
             ENGINE.close_until(moved, POS_OF(record), out)
     return NONE if out is None else out
 """
+# Panes: a window's end or the first pane's release.
+_PANE_TAIL = _TAIL.format(
+    due="(next_end := ENGINE.next_end) is None or moved >= next_end"
+    " or (STARTS and STARTS[0] + LINGERS <= moved)"
+)
 
 # -- Session -----------------------------------------------------------------------------------
 # The key's only session, which the event extends: its last event is at or before every later
@@ -155,18 +159,8 @@ _SESSION_EARLY = """
         out = []
         ENGINE.emit_now(session, end, event_time_ms, POS_OF(record), identity, False, out)
 """
-# The watermark moves with the event; closing only when it reaches the first deadline in the
-# engine's heap (sessions, sliding keys).
-_HEAP_TAIL = """
-    moved = event_time_ms - LATENESS
-    if moved > watermark:
-        OP._watermark = moved
-        if HEAP and HEAP[0][0] <= moved:
-            if out is None:
-                out = []
-            ENGINE.close_until(moved, POS_OF(record), out)
-    return NONE if out is None else out
-"""
+# Sessions, sliding keys: the first deadline in the engine's heap.
+_HEAP_TAIL = _TAIL.format(due="HEAP and HEAP[0][0] <= moved")
 
 # -- Sliding, decided by the count alone -------------------------------------------------------
 # The key's item times, in time order (the state is the array of them). A new key starts with
