@@ -27,7 +27,7 @@ __all__ = [
 SECONDS_LIMIT = 10**11  # numbers below this (in magnitude) are seconds, others milliseconds
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
-#: Event times the windows take, in ms since the epoch: the years 1 to 9999 (64-bit integers).
+#: Event times the windows take, in ms since the epoch: the years 1 to 9999.
 MIN_EVENT_TIME_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
 MAX_EVENT_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _JSON_NAMES = {bool: "a boolean", list: "a list", dict: "an object", type(None): "null"}

@@ -163,7 +163,7 @@ _SESSION_EARLY = """
 _HEAP_TAIL = _TAIL.format(due="HEAP and HEAP[0][0] <= moved")
 
 # -- Sliding, decided by the count alone -------------------------------------------------------
-# The key's item times, in time order (the state is the array of them). A new key starts with
+# The key's item times, in time order (the state is the list of them). A new key starts with
 # the event; an existing one must be in the plain state (a heap entry, items, no arrival order
 # kept), else the general path. Items out of every future window's reach are dropped first; the
 # window is (event time - RANGE, event time]. (No arrival sequence: a count-only rule keeps none

@@ -134,7 +134,7 @@ class WindowOperator:
         event time (time passes for the shard).
         """
         if not MIN_EVENT_TIME_MS <= event_time_ms <= MAX_EVENT_TIME_MS:
-            # parse_event_time refuses these too; a sliding key keeps times as 64-bit integers
+            # parse_event_time refuses these too: a direct caller meets the same years
             raise RecordError(f"event time {event_time_ms!r} ms is outside the years 1 to 9999")
         where = self._where
         if where is not None and not where(doc):

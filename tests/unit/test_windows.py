@@ -506,7 +506,7 @@ def test_event_times_outside_the_years_1_to_9999_are_record_errors_and_change_no
     window: WindowKind, entry: str
 ) -> None:
     """The processor parses every time first (years 1..9999); a direct caller of the operator
-    gets the same refusal, before any state changes (a sliding key keeps 64-bit times)."""
+    gets the same refusal, before any state changes."""
     feed = Feed(make_rule(window))
     handle = feed.operator.handler()
 
