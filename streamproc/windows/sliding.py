@@ -51,8 +51,8 @@ class _KeyState(list[int]):
 
     A list, not an ``array("q")`` of 64-bit integers as until 2026-12-07: an array's append,
     bisection and ``state[0]`` convert between int objects and C integers (an append parses a
-    format string), ~2,000 instructions per event; the list saves 5.7% of the seed benchmark's
-    instructions per record and 3.4% of the twenty rules' (callgrind, keys repeating). The cost
+    format string), ~1,000 instructions per event; the list saves 2.9% of the seed benchmark's
+    instructions per record and 3.1% of the twenty rules' (callgrind, keys repeating). The cost
     is memory where events do not share a millisecond: each held time is then an int object of
     its own, ~47 bytes per held event against the array's ~12 (tracemalloc, one event per ms).
     Consecutive records of one millisecond share one (``parse_event_time`` returns the same
