@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from streamproc.windows.sessions import SessionEngine
     from streamproc.windows.sliding import SlidingEngine
 
-__all__ = ["Handler", "pane_handler", "session_handler", "sliding_count_handler"]
+__all__ = ["NO_FLOOR", "Handler", "pane_handler", "session_handler", "sliding_count_handler"]
 
 #: ``handle(doc, event_time_ms, record, identity)``: :meth:`WindowOperator.on_event` for a
 #: record, which makes the record's position only where it keeps or compares one.
@@ -42,20 +42,18 @@ Handler = Callable[[Mapping[str, Any], int, Record, str], Sequence[WindowResult]
 
 _GENERAL = "GENERAL(doc, event_time_ms, POS_OF(record), identity)"
 
-# An event before the operator's latest, behind its watermark (a deadline set by advance_to
-# or flush), or past the years the windows take (the general path refuses it): the general path.
+#: The operator's ``_floor`` before its first event (then max time and watermark are None):
+#: past every event time the windows take, so that every event takes the general path.
+NO_FLOOR = MAX_EVENT_TIME_MS + 1
+
+# An event before the operator's latest or behind its watermark (a deadline set by advance_to
+# or flush): below its floor, the greater of the two. Or one past the years the windows take
+# (the general path refuses it). The general path for both.
 _HEAD = f"""
 def handle(doc, event_time_ms, record, identity):
-    watermark = OP._watermark
-    max_time = OP._max_time
-    if (
-        watermark is None
-        or max_time is None
-        or event_time_ms < max_time
-        or event_time_ms < watermark
-        or event_time_ms > MAX_EVENT_TIME_MS
-    ):
+    if event_time_ms < OP._floor or event_time_ms > MAX_EVENT_TIME_MS:
         return {_GENERAL}
+    watermark = OP._watermark
 """
 # A record WHERE filters out moves event time only (its position is made if windows close).
 _WHERE = """
@@ -73,12 +71,13 @@ _READ_KEY = """
     key = READ_KEY(doc)
 """
 # The event sets a record (its time is at or after every earlier one); the state's greatest
-# time is then the event's. The arrival sequence only where an aggregate reads it.
+# time is then the event's, and so is the floor (the watermark the event makes is at or before
+# it). The arrival sequence only where an aggregate reads it.
 _SEQ = """
     OP._seq = seq = OP._seq + 1
 """
 _SETS_OP = """
-    OP._max_time = event_time_ms
+    OP._max_time = OP._floor = event_time_ms
     OP._record_setter = record
 """
 _SETS = f"""{_SETS_OP}\

@@ -11,6 +11,7 @@ from streamproc.windows.aggregates import AggregateSet
 from streamproc.windows.base import Engine, Evaluator, KeyReader, LateEvent, WindowResult
 from streamproc.windows.eventtime import MAX_EVENT_TIME_MS, MIN_EVENT_TIME_MS
 from streamproc.windows.fastpaths import (
+    NO_FLOOR,
     Handler,
     pane_handler,
     session_handler,
@@ -33,6 +34,7 @@ class WindowOperator:
 
     __slots__ = (
         "_engine",
+        "_floor",
         "_key",
         "_lateness",
         "_max_time",
@@ -74,6 +76,10 @@ class WindowOperator:
         self._retention = retention
         self._watermark: int | None = None
         self._max_time: int | None = None
+        # The least event time a fast path takes: the greater of max time and watermark, or
+        # past every event time the windows take while either is None. Kept by _refloor
+        # wherever either changes, and by the fast paths (their event becomes both).
+        self._floor = NO_FLOOR
         # The latest event whose time was a new maximum: its position, or (set by a fast path,
         # which makes no position per event) its record; read through _setter().
         self._record_setter: Pos | Record | None = None
@@ -108,6 +114,13 @@ class WindowOperator:
             return general(doc, event_time_ms, pos_of(record), identity)
 
         return handle
+
+    def _refloor(self) -> None:
+        watermark, max_time = self._watermark, self._max_time
+        if watermark is None or max_time is None:
+            self._floor = NO_FLOOR
+        else:
+            self._floor = watermark if watermark > max_time else max_time
 
     def _setter(self) -> Pos | None:
         """The latest record setter's position, made once from its record if a fast path kept
@@ -151,6 +164,7 @@ class WindowOperator:
         if max_time is None or event_time_ms >= max_time:
             self._max_time = max_time = event_time_ms
             self._record_setter = position
+            self._refloor()
         out: list[WindowResult] = []
         self._engine.add(
             key,
@@ -168,6 +182,7 @@ class WindowOperator:
         moved = max_time - self._lateness
         if watermark is None or moved > watermark:
             self._watermark = moved
+            self._refloor()
             self._engine.close_until(moved, position, out)
         return out
 
@@ -179,10 +194,12 @@ class WindowOperator:
             return []
         self._max_time = event_time_ms
         self._record_setter = event
+        self._refloor()
         moved = event_time_ms - self._lateness
         if self._watermark is not None and moved <= self._watermark:
             return []
         self._watermark = moved
+        self._refloor()
         out: list[WindowResult] = []
         self._engine.close_until(moved, self._setter(), out)
         return out
@@ -194,6 +211,7 @@ class WindowOperator:
         if self._watermark is not None and watermark_ms <= self._watermark:
             return []
         self._watermark = watermark_ms
+        self._refloor()
         out: list[WindowResult] = []
         self._engine.close_until(watermark_ms, None, out)
         return out
@@ -207,6 +225,7 @@ class WindowOperator:
         out: list[WindowResult] = []
         if release is not None and (self._watermark is None or release > self._watermark):
             self._watermark = release
+            self._refloor()
             # Sliding results fire on events only: closing would just forget every key one by
             # one (a heap pop each), which drop_all does at once.
             if not isinstance(self._engine, SlidingEngine):

@@ -529,6 +529,35 @@ def test_event_times_outside_the_years_1_to_9999_are_record_errors_and_change_no
     assert feed.operator.oldest_position() == Position(1)
 
 
+@pytest.mark.parametrize("window", [Tumble(10), Hop(5, 10), Session(10), Sliding(10)])
+@pytest.mark.parametrize("entry", ["on_event", "handler"])
+def test_an_event_after_the_latest_but_behind_a_deadline_is_late_on_every_entry(
+    window: WindowKind, entry: str
+) -> None:
+    """advance_to (an idle shard's deadline) can put the watermark past the latest event time:
+    an event between the two is late, on the fast path's entry as on on_event, and changes
+    nothing; one at the deadline is on time."""
+    feed = Feed(make_rule(window))
+    handle = feed.operator.handler()
+
+    def call(time: int, sequence: int) -> list[WindowResult]:
+        doc, identity = {"card": "a"}, f"e{sequence}"
+        if entry == "on_event":
+            return feed.operator.on_event(doc, time, Position(sequence), identity)
+        return list(handle(doc, time, at(sequence), identity))
+
+    call(100, 1)
+    call(101, 2)  # the key has state: the fast path's case but for the time
+    feed.operator.advance_to(200)
+    held = feed.operator.state_size()
+    with pytest.raises(LateEvent):
+        call(150, 3)
+    assert feed.operator.state_size() == held
+    assert feed.operator.watermark_ms == 200
+    call(200, 4)
+    assert feed.operator.state_size()[0] == 1
+
+
 def test_missing_aggregate_field_is_null_not_an_error() -> None:
     feed = Feed(make_rule(Tumble(10), aggregates=(TOTAL,)))
     feed(1, amount=2)
