@@ -22,8 +22,13 @@ from streamproc.shardloop import LoopShape, ShardLoop, compile_loop
 from streamproc.stateful import StateItem
 from streamproc.windowing import WindowSet
 from streamproc.windows import parse_event_time
+from streamproc.windows.fastpaths import inline
 
 log = logging.getLogger(__name__)
+
+#: Whether the shard loop runs the window rules' generated fast paths in place (True) or calls
+#: them: the same steps either way; tests compare the two.
+INLINE_WINDOW_STEPS = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +211,17 @@ class ShardProcessor:
         """This processor's loop (:mod:`streamproc.shardloop`): its steps, and their values."""
         windows = self.windows
         runs = windows.runs
+        # Generated window fast paths run in the loop itself, not as calls; others are called.
+        inlined: list[tuple[int, str]] = []
+        handlers: dict[str, Any] = {}
+        for _, _, run in runs:
+            for index, _, handle in run:
+                form = inline(handle, f"h{index}", "results") if INLINE_WINDOW_STEPS else None
+                if form is None:
+                    handlers[f"h{index}"] = handle
+                else:
+                    inlined.append((index, form[0]))
+                    handlers.update(form[1])
         shape = LoopShape(
             conditions=len(self._plan),
             fused=self._fused is not None,
@@ -215,6 +231,7 @@ class ShardProcessor:
             ),
             stateful=len(self._stateful),
             skew=windows.max_skew_ms is not None,
+            inlined=tuple(inlined),
         )
         limits = self.limits
         # The loop's off-path steps hold what they need, not the processor: the processor holds
@@ -250,11 +267,10 @@ class ShardProcessor:
         }
         for index, (_, _, condition, _) in enumerate(self._plan):
             namespace[f"c{index}"] = condition
-        for r, (name, getter, run) in enumerate(runs):
+        for r, (name, getter, _) in enumerate(runs):
             namespace[f"T{r}"] = name
             namespace[f"time{r}"] = getter
-            for index, _, handle in run:
-                namespace[f"h{index}"] = handle
+        namespace.update(handlers)
         for j, (name, on_record) in enumerate(self._stateful_plan):
             namespace[f"s{j}"] = on_record
             namespace[f"S{j}"] = name

@@ -5,7 +5,8 @@ condition rules, a loop over the window rules' time fields and over the rules of
 over the model and inventory rules, and a check of each list on the way. :func:`compile_loop`
 writes the loop out for the rule set at hand instead: each condition, each time field's parse,
 each window handler and each stateful rule is a straight-line step that calls its function
-directly, and the steps a rule set does not need are not there.
+directly (a window rule's generated fast path is written in, not called: see ``inlined``), and
+the steps a rule set does not need are not there.
 
 The generated source is made of this module's templates and identifiers numbered by position
 (``c0``, ``h2``, ``s1``); everything a rule brings (names, field names, functions) is a value in
@@ -16,6 +17,7 @@ of a processor's loop with :attr:`ShardLoop.source`.
 
 from __future__ import annotations
 
+import textwrap
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +40,9 @@ class LoopShape:
     field, whether the field is read from the record (False: the arrival time), whether a
     top-level name is tried first, and the indices of its rules. ``stateful``: how many model
     and inventory rules. ``skew``: whether event times far ahead of arrival are refused.
+    ``inlined``: (index, statements) of the window rules whose generated fast path the loop
+    runs in place of calling it (:func:`streamproc.windows.fastpaths.inline`: our snippets'
+    text, its names numbered); the others are called.
     """
 
     conditions: int
@@ -45,6 +50,7 @@ class LoopShape:
     runs: tuple[tuple[bool, bool, tuple[int, ...]], ...]
     stateful: int
     skew: bool
+    inlined: tuple[tuple[int, str], ...] = ()
 
     @property
     def per_record_state(self) -> bool:
@@ -140,9 +146,13 @@ _RUN_ARRIVAL = """\
         if True:
 {handlers}\
 """
+# A window rule's step: its handler called (_CALL), or its fast path's statements written in.
+_CALL = """\
+                results = h{i}(doc, event_ms, record, identity)
+"""
 _HANDLER = """\
             try:
-                results = h{i}(doc, event_ms, record, identity)
+{steps}\
             except RecordError as exc:
                 window_refused({i}, exc, record, dead)
             else:
@@ -167,6 +177,16 @@ _TAIL = """\
 
 def loop_source(shape: LoopShape) -> str:
     """The loop's Python source for ``shape`` (numbers and templates only)."""
+    inlined = dict(shape.inlined)
+
+    def handler(i: int) -> str:
+        statements = inlined.get(i)
+        if statements is None:
+            steps = _CALL.format(i=i)
+        else:
+            steps = textwrap.indent(statements + "\n", " " * 16)
+        return _HANDLER.format(i=i, steps=steps)
+
     parts = [_HEAD]
     if shape.fused:
         parts.append(_FUSED)
@@ -175,7 +195,7 @@ def loop_source(shape: LoopShape) -> str:
     if shape.per_record_state:
         parts.append(_STATE_HEAD.format())
         for r, (reads_field, top, indices) in enumerate(shape.runs):
-            handlers = "".join(_HANDLER.format(i=i) for i in indices)
+            handlers = "".join(handler(i) for i in indices)
             if reads_field:
                 read = (_READ_TOP if top else _READ_PATH).format(r=r)
                 skew = _SKEW if shape.skew else ""

@@ -13,11 +13,14 @@ a Sliding rule has one when it is decided by its count alone (COUNT(*)s, no WHER
 is built from the constant snippets below and slot numbers only, never rule text: field names,
 the operator, its engine and helpers are values in the function's namespace, whose builtins
 are empty. Nothing is executed to build it: the function's code object is taken out of the
-compiled module.
+compiled module. The shard loop runs a fast path's statements in place of calling it
+(:func:`inline`), with the same effects.
 """
 
 from __future__ import annotations
 
+import ast
+import weakref
 from bisect import bisect_right
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -34,7 +37,15 @@ if TYPE_CHECKING:
     from streamproc.windows.sessions import SessionEngine
     from streamproc.windows.sliding import SlidingEngine
 
-__all__ = ["NO_FLOOR", "Handler", "pane_handler", "session_handler", "sliding_count_handler"]
+__all__ = [
+    "LOOP_PARAMETERS",
+    "NO_FLOOR",
+    "Handler",
+    "inline",
+    "pane_handler",
+    "session_handler",
+    "sliding_count_handler",
+]
 
 #: ``handle(doc, event_time_ms, record, identity)``: :meth:`WindowOperator.on_event` for a
 #: record, which makes the record's position only where it keeps or compares one.
@@ -251,7 +262,7 @@ def pane_handler(operator: WindowOperator, engine: PaneEngine, key_name: str | N
     source += _updates(engine.aggs, namespace)
     source.append(_PANE_EARLY if engine.early else _PANE_FINAL)
     source.append(_PANE_TAIL)
-    return cast(Handler, function_of("".join(source), namespace, "handle", "<window fast path>"))
+    return _generated("".join(source), namespace)
 
 
 def session_handler(
@@ -274,7 +285,7 @@ def session_handler(
     if engine.early:
         source.append(_SESSION_EARLY)
     source.append(_HEAP_TAIL)
-    return cast(Handler, function_of("".join(source), namespace, "handle", "<window fast path>"))
+    return _generated("".join(source), namespace)
 
 
 def sliding_count_handler(
@@ -301,4 +312,93 @@ def sliding_count_handler(
     )
     source.append(_SLIDING_COUNT)
     source.append(_HEAP_TAIL)
-    return cast(Handler, function_of("".join(source), namespace, "handle", "<window fast path>"))
+    return _generated("".join(source), namespace)
+
+
+# -- the same steps written into the shard loop ------------------------------------------------
+# The source each generated fast path was compiled from, for the shard loop to take its steps
+# in place of a call (a handler's frame and its call cost more than a simple step). Weak: an
+# entry goes with its function.
+_SOURCES: weakref.WeakKeyDictionary[Callable[..., Any], str] = weakref.WeakKeyDictionary()
+
+#: The shard loop's names for a handler's parameters (doc, event_time_ms, record, identity).
+LOOP_PARAMETERS = ("doc", "event_ms", "record", "identity")
+
+
+def _generated(source: str, namespace: dict[str, Any]) -> Handler:
+    handle = cast(Handler, function_of(source, namespace, "handle", "<window fast path>"))
+    _SOURCES[handle] = source
+    return handle
+
+
+def inline(handler: Handler, suffix: str, target: str) -> tuple[str, dict[str, Any]] | None:
+    """``handler``'s steps as statements for the shard loop to run in place of calling it, and
+    the values their names stand for; None if it is not a generated fast path.
+
+    The parameters take the loop's names (:data:`LOOP_PARAMETERS`); every other name, local or
+    from the function's namespace, ends in ``_{suffix}``, so the steps of several handlers and
+    the loop's own names never meet. ``return X`` becomes ``{target} = X``, the statements after
+    a branch that may return go into each branch that does not, and a path that ends without a
+    return sets ``target`` to None: on every path the statements set ``target`` to what the
+    call would have returned, and make the same changes. (Text of our snippets and numbers
+    only, as the function's source is.)"""
+    source = _SOURCES.get(handler)
+    if source is None:
+        return None
+    (function,) = ast.parse(source).body
+    if not isinstance(function, ast.FunctionDef):
+        return None
+    parameters = [argument.arg for argument in function.args.args]
+    mapping = dict(zip(parameters, LOOP_PARAMETERS, strict=True))
+    for node in ast.walk(function):
+        if isinstance(node, ast.Name) and node.id not in mapping:
+            mapping[node.id] = f"{node.id}_{suffix}"
+    if target in mapping.values():
+        raise ValueError(f"the target {target!r} is one of the handler's names")
+    renamed = _Rename(mapping).visit(ast.Module(function.body, []))
+    try:
+        body = _without_returns(renamed.body, target)
+    except _Unsupported:
+        return None
+    module = ast.fix_missing_locations(ast.Module(body, []))
+    namespace = handler.__globals__
+    names = {mapping[name]: value for name, value in namespace.items() if name in mapping}
+    return ast.unparse(module), names
+
+
+class _Unsupported(Exception):
+    """A return where the rewrite does not go (in a loop, a with or a try)."""
+
+
+class _Rename(ast.NodeTransformer):
+    def __init__(self, mapping: dict[str, str]) -> None:
+        self._mapping = mapping
+
+    def visit_Name(self, node: ast.Name) -> ast.Name:
+        return ast.copy_location(ast.Name(self._mapping[node.id], node.ctx), node)
+
+
+def _without_returns(statements: list[ast.stmt], target: str) -> list[ast.stmt]:
+    """``statements`` (the rest of a function from some point on) with every return made an
+    assignment to ``target``: see :func:`inline`."""
+    out: list[ast.stmt] = []
+    for index, statement in enumerate(statements):
+        if isinstance(statement, ast.Return):
+            value = statement.value if statement.value is not None else ast.Constant(None)
+            out.append(ast.Assign([ast.Name(target, ast.Store())], value))
+            return out
+        if _returns(statement):
+            if not isinstance(statement, ast.If):
+                raise _Unsupported
+            rest = statements[index + 1 :]
+            body = _without_returns(statement.body + rest, target)
+            orelse = _without_returns(statement.orelse + rest, target)
+            out.append(ast.If(statement.test, body, orelse))
+            return out
+        out.append(statement)
+    out.append(ast.Assign([ast.Name(target, ast.Store())], ast.Constant(None)))
+    return out
+
+
+def _returns(statement: ast.stmt) -> bool:
+    return any(isinstance(node, ast.Return) for node in ast.walk(statement))

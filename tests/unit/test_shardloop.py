@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import ast
 import gc
+import random
 import re
+import textwrap
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
+import pytest
 
-from streamproc import inventory_rule, rule, window_rule
+from streamproc import inventory_rule, processor, rule, window_rule
 from streamproc.processor import ShardProcessor
 from streamproc.records import Record
 from streamproc.ruleset import RuleSet, predicate_rule
 from streamproc.shardloop import LoopShape, loop_source
+from streamproc.windows import fastpaths
+from streamproc.windows.aggregates import function_of
 
 ARRIVAL = 1_767_225_600_000  # 2026-01-01T00:00:00Z, every record's arrival time
 
@@ -135,6 +140,7 @@ def test_fused_conditions_fall_back_to_each_condition_when_one_raises() -> None:
 # step) and the builtins and methods they call.
 _TEMPLATE_NAME = re.compile(
     r"[a-z_]+|[A-Z_]+|[chs][0-9]+|[TS][0-9]+|time[0-9]+|RecordError|Exception"
+    r"|[A-Za-z_0-9]+_h[0-9]+"  # a window fast path's names, written into the loop
 )
 
 
@@ -253,3 +259,193 @@ def test_a_stateful_rule_that_raises_dead_letters_the_record_and_names_itself() 
         ("2", "big"),
         ("2", "stock"),
     ]
+
+
+def test_generated_fast_paths_run_in_the_loop_and_other_handlers_are_called() -> None:
+    """A window rule with a generated fast path has its steps in the loop (its names numbered
+    by the rule's index); one without (a sliding SUM) is called."""
+    total = window_rule(
+        name="total",
+        sql="SELECT card_id, SUM(amount) AS s FROM t GROUP BY card_id, "
+        "SLIDING(event_time, INTERVAL '1' MINUTE) HAVING SUM(amount) > 0",
+    )
+    rules = RuleSet((), window_rules=(PER_HOUR, total, BURST))
+    source = ShardProcessor(rules, shard_id="shard-1")._compile_loop().source
+    assert not re.search(r"\bh0\(", source) and "OP_h0._floor" in source
+    assert "results = h1(doc, event_ms, record, identity)" in source
+    assert not re.search(r"\bh2\(", source) and "OP_h2._floor" in source
+
+
+# A function of the shape the fast paths have: returns at several depths, an elif, a path that
+# falls off the end (None), a local named like a loop name.
+_BRANCHES = """
+def handle(doc, event_time_ms, record, identity):
+    x = doc.get(K)
+    results = 0
+    if x is None:
+        return A
+    if x > 1:
+        y = x * 2
+        if y > 10:
+            return [y, results]
+    elif x < 0:
+        return [identity, event_time_ms]
+    else:
+        y = 0
+    z = y + 1
+    if z > 3:
+        return [z, record]
+"""
+
+
+def test_inlined_statements_return_what_the_call_returns_on_every_path() -> None:
+    handler = fastpaths._generated(_BRANCHES, {"__builtins__": {}, "K": "k", "A": ()})
+    form = fastpaths.inline(handler, "h3", "results")
+    assert form is not None
+    statements, names = form
+    assert set(names) == {"K_h3", "A_h3"}
+    # the statements in a function of the loop's parameters, returning what they set
+    wrapper = "def run(doc, event_ms, record, identity):\n"
+    wrapper += textwrap.indent(statements, "    ") + "\n    return results\n"
+    run = function_of(wrapper, {"__builtins__": {}, **names}, "run")
+    outcomes = set()
+    for value in (None, -3, 0, 1, 2, 3, 5, 6, 40):
+        doc = {} if value is None else {"k": value}
+        expected = handler(doc, 77, "rec", "e1")  # type: ignore[arg-type]
+        assert run(doc, 77, "rec", "e1") == expected, value
+        outcomes.add(None if not expected else expected[-1])  # which return it came from
+    assert outcomes == {None, 0, 77, "rec"}  # (), [y, 0], [e1, 77], [z, rec], falling off
+
+
+def test_a_handler_that_is_not_generated_or_returns_inside_a_loop_is_not_inlined() -> None:
+    looped = fastpaths._generated(
+        "def handle(doc, event_time_ms, record, identity):\n    for x in doc:\n        return x\n",
+        {"__builtins__": {}},
+    )
+    assert fastpaths.inline(looped, "h0", "results") is None
+    assert fastpaths.inline(lambda doc, t, record, identity: (), "h0", "results") is None
+
+
+def _random_records(seed: int, count: int) -> list[Record]:
+    """Records whose keys repeat, with times mostly advancing and sometimes going back (out of
+    order, late), and some bad data: missing or non-scalar keys, bad times."""
+    rng = random.Random(seed)
+    at = ARRIVAL
+    records = []
+    for seq in range(1, count + 1):
+        at += rng.choice([0, 0, 1, 250, 1_000, 7_000, 40_000, 200_000, -3_000, -90_000])
+        doc: dict[str, Any] = {
+            "tx_id": f"t{seq}",
+            "card_id": rng.choice(["c1", "c2", "c3", "c4", 7, 7.0, True]),
+            "amount": rng.choice([1, 2.5, 500, 3_000, None, "x"]),
+            "merchant": rng.choice(["m1", "m2", "m3", None]),
+            "event_time": at,
+            "meta": {"card": rng.choice(["c1", "c2"])},
+        }
+        spoil = rng.random()
+        if spoil < 0.04:
+            del doc["card_id"]
+        elif spoil < 0.06:
+            doc["card_id"] = ["c1"]
+        elif spoil < 0.08:
+            doc["event_time"] = "not a time"
+        data = orjson.dumps({k: v for k, v in doc.items() if v is not None})
+        records.append(Record(data, "pk", str(seq), 0, ARRIVAL + seq, "shard-1"))
+    return records
+
+
+def _every_kind() -> RuleSet:
+    def sql(select: str, window: str, having: str, where: str = "") -> str:
+        return f"SELECT card_id, {select} FROM t {where} GROUP BY card_id, {window} HAVING {having}"
+
+    tumble = "TUMBLE(event_time, INTERVAL '10' SECOND)"
+    windows = [
+        window_rule(
+            name="tumble_early", sql=sql("COUNT(*) AS n", tumble, "COUNT(*) >= 2"), emit="early"
+        ),
+        window_rule(
+            name="tumble_final",
+            sql=sql(
+                "SUM(amount) AS s, COUNT(DISTINCT merchant) AS m",
+                tumble,
+                "COUNT(*) >= 1",
+                "WHERE amount > 1",
+            ),
+            allowed_lateness=__import__("datetime").timedelta(seconds=5),
+        ),
+        window_rule(
+            name="hop",
+            sql=sql(
+                "COUNT(*) AS n",
+                "HOP(event_time, INTERVAL '5' SECOND, INTERVAL '20' SECOND)",
+                "COUNT(*) >= 2",
+            ),
+        ),
+        window_rule(
+            name="session_early",
+            sql=sql(
+                "COUNT(*) AS n, SUM(amount) AS s",
+                "SESSION(event_time, INTERVAL '30' SECOND)",
+                "COUNT(*) >= 3",
+            ),
+            emit="early",
+            late="correction",
+        ),
+        window_rule(
+            name="sliding",
+            sql=sql("COUNT(*) AS n", "SLIDING(event_time, INTERVAL '1' MINUTE)", "COUNT(*) >= 3"),
+            allowed_lateness=__import__("datetime").timedelta(seconds=10),
+        ),
+        window_rule(
+            name="by_path",
+            sql="SELECT COUNT(*) AS n FROM t GROUP BY meta.card, "
+            "TUMBLE(event_time, INTERVAL '1' MINUTE) HAVING COUNT(*) >= 1",
+            emit="early",
+        ),
+        window_rule(
+            name="arrived",
+            sql=sql("COUNT(*) AS n", "SLIDING(ARRIVAL_TIME, INTERVAL '1' SECOND)", "COUNT(*) >= 2"),
+        ),
+    ]
+    return RuleSet((), window_rules=tuple(windows))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_inlined_window_steps_do_what_the_calls_do(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every window kind, early and final, WHERE, a GROUP BY path, lateness and corrections,
+    over records out of order, late and bad: the loop with the fast paths' steps written in
+    gives the same alerts, dead letters and window state, batch by batch, as the loop that
+    calls them."""
+    records = _random_records(seed, 600)
+    processors, sources = [], []
+    for inlined in (True, False):
+        monkeypatch.setattr(processor, "INLINE_WINDOW_STEPS", inlined)
+        processors.append(ShardProcessor(_every_kind(), shard_id="shard-1"))
+        sources.append(processors[-1]._compile_loop().source)
+    assert "OP_h0" in sources[0] and not re.search(r"\bh0\(", sources[0])
+    assert "OP_h0" not in sources[1] and re.search(r"\bh0\(", sources[1])
+    alerts = 0
+    for start in range(0, len(records), 25):
+        batch = records[start : start + 25]
+        results = [p.process(batch) for p in processors]
+        seen = [
+            (
+                [
+                    (a.alert_id, a.rule, a.key, a.fields, a.window_start, a.window_end)
+                    for a in r.alerts
+                ],
+                [(d.sequence_number, d.rule, d.reason) for d in r.dead_letters],
+                r.matches,
+            )
+            for r in results
+        ]
+        assert seen[0] == seen[1], start
+        alerts += len(results[0].alerts)
+        states = [
+            [(op.watermark_ms, op.state_size(), op.oldest_position()) for op in p.windows.operators]
+            for p in processors
+        ]
+        assert states[0] == states[1], start
+    assert alerts > 0
