@@ -346,8 +346,10 @@ def inline(handler: Handler, suffix: str, target: str) -> tuple[str, dict[str, A
     if source is None:
         return None
     (function,) = ast.parse(source).body
-    if not isinstance(function, ast.FunctionDef):
-        return None
+    if not isinstance(function, ast.FunctionDef) or any(
+        isinstance(node, _SCOPED) for node in ast.walk(ast.Module(function.body, []))
+    ):
+        return None  # (a nested scope's names and returns are not the handler's)
     parameters = [argument.arg for argument in function.args.args]
     mapping = dict(zip(parameters, LOOP_PARAMETERS, strict=True))
     for node in ast.walk(function):
@@ -364,6 +366,21 @@ def inline(handler: Handler, suffix: str, target: str) -> tuple[str, dict[str, A
     namespace = handler.__globals__
     names = {mapping[name]: value for name, value in namespace.items() if name in mapping}
     return ast.unparse(module), names
+
+
+# Statements that open or reach another scope, or suspend: never in our snippets; a handler
+# holding one is called, not written in.
+_SCOPED = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.Lambda,
+    ast.ClassDef,
+    ast.Global,
+    ast.Nonlocal,
+    ast.Yield,
+    ast.YieldFrom,
+    ast.Await,
+)
 
 
 class _Unsupported(Exception):

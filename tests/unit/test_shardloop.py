@@ -323,6 +323,12 @@ def test_a_handler_that_is_not_generated_or_returns_inside_a_loop_is_not_inlined
         {"__builtins__": {}},
     )
     assert fastpaths.inline(looped, "h0", "results") is None
+    nested = fastpaths._generated(
+        "def handle(doc, event_time_ms, record, identity):\n"
+        "    add = lambda y: y + 1\n    return add(2)\n",
+        {"__builtins__": {}},
+    )
+    assert fastpaths.inline(nested, "h0", "results") is None
     assert fastpaths.inline(lambda doc, t, record, identity: (), "h0", "results") is None
 
 
