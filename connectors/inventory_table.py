@@ -91,7 +91,21 @@ class InventoryTableSink(BatchingSink):
         return entry, 200 + len(entry["store_id"]) + len(entry["product_id"])
 
     def _send(self, entries: Sequence[dict[str, Any]]) -> list[EntryResult]:
-        return list(self._pool.map(self._apply, entries))
+        # One product's updates one after another, different products in parallel: two
+        # transactions on one item at once only conflict (DynamoDB cancels one, to be retried),
+        # and an emulator without isolation (moto) can lose one of two concurrent ADDs.
+        groups: dict[tuple[str, str], list[int]] = {}
+        for index, entry in enumerate(entries):
+            groups.setdefault((entry["store_id"], entry["product_id"]), []).append(index)
+        results: list[EntryResult] = ["sent"] * len(entries)
+
+        def apply_group(indices: list[int]) -> None:
+            for index in indices:
+                results[index] = self._apply(entries[index])
+
+        for _ in self._pool.map(apply_group, groups.values()):
+            pass
+        return results
 
     def _apply(self, entry: dict[str, Any]) -> EntryResult:
         table = self._table
