@@ -62,6 +62,7 @@ from streamproc.records import (
     Severity,
     make_alert_id,
     pos_of,
+    record_identity,
 )
 from streamproc.stateful import RecordHandler, ShardState, StatefulRuleSpec, StateItem
 from streamproc.windows.eventtime import parse_event_time
@@ -106,8 +107,7 @@ class InventoryRule(StatefulRuleSpec):
     def build(
         self, shard_id: str, default_sinks: tuple[str, ...], identity_field: str
     ) -> ShardState:
-        del identity_field
-        return _InventoryState(self, shard_id, self.sinks or default_sinks)
+        return _InventoryState(self, shard_id, self.sinks or default_sinks, identity_field)
 
     def summary(self) -> str:
         threshold = (
@@ -131,10 +131,13 @@ _Batch = tuple[Pos, Pos, tuple[tuple[_Key, _Stock], ...]]
 
 
 class _InventoryState(ShardState):
-    def __init__(self, rule: InventoryRule, shard_id: str, sinks: tuple[str, ...]) -> None:
+    def __init__(
+        self, rule: InventoryRule, shard_id: str, sinks: tuple[str, ...], identity_field: str
+    ) -> None:
         self.rule = rule
         self.shard_id = shard_id
         self.sinks = sinks
+        self.identity_field = identity_field  # (a record's identity is made for its alerts)
         self._stock: dict[_Key, _Stock] = {}
         # Per product: the position up to which a loaded snapshot already counts its records.
         self._as_of: dict[_Key, tuple[str, Position]] = {}
@@ -167,7 +170,7 @@ class _InventoryState(ShardState):
         self,
         doc: Mapping[str, Any],
         record: Record,
-        identity: str,
+        identity: str | None,
         restoring: bool,
     ) -> str | None:
         """One record, through a handler made for the call: the shard processor keeps one
@@ -191,11 +194,12 @@ class _InventoryState(ShardState):
         rate_days = self._rate_days
         hysteresis = self._hysteresis
         stock_sink = self._stock_sink
+        identity_field = self.identity_field
 
         def on_record(
             doc: Mapping[str, Any],
             record: Record,
-            identity: str,
+            identity: str | None,
             restoring: bool,
         ) -> str | None:
             # Strings, a whole-number quantity and an event time take the fast path; anything
@@ -247,6 +251,8 @@ class _InventoryState(ShardState):
             if armed and delta < 0 and quantity <= threshold:
                 armed = False
                 if not restoring:
+                    if identity is None:
+                        identity = record_identity(doc, identity_field, record)
                     self._alerts.append(
                         self._alert(
                             record, identity, store, product, quantity, rate, threshold, when
@@ -261,6 +267,8 @@ class _InventoryState(ShardState):
             changed[key] = stock
             self._last = record
             if stock_sink is not None and not restoring:
+                if identity is None:
+                    identity = record_identity(doc, identity_field, record)
                 self._alerts.append(self._stock_update(record, identity, store, product, delta))
             return None
 

@@ -47,6 +47,7 @@ from streamproc.records import (
     Severity,
     make_alert_id,
     pos_of,
+    record_identity,
 )
 from streamproc.sql import Predicate, compile_condition, field_getter
 from streamproc.stateful import ShardState, StatefulRuleSpec
@@ -88,8 +89,7 @@ class ModelRule(StatefulRuleSpec):
     def build(
         self, shard_id: str, default_sinks: tuple[str, ...], identity_field: str
     ) -> ShardState:
-        del identity_field
-        return _ModelState(self, self.sinks or default_sinks)
+        return _ModelState(self, self.sinks or default_sinks, identity_field)
 
     def summary(self) -> str:
         model = self.model_file.model
@@ -101,16 +101,17 @@ class ModelRule(StatefulRuleSpec):
 
 
 class _ModelState(ShardState):
-    def __init__(self, rule: ModelRule, sinks: tuple[str, ...]) -> None:
+    def __init__(self, rule: ModelRule, sinks: tuple[str, ...], identity_field: str) -> None:
         self.rule = rule
         self.sinks = sinks
+        self._identity_field = identity_field  # (a record's identity is made for its alert)
         self.features = FeatureState(
             rule.model_file.model.feature_names,
             key_field=rule.key_field,
             time_field=rule.time_field,
         )
         self._rows: list[list[float]] = []
-        self._pending: list[tuple[Mapping[str, Any], Record, str]] = []
+        self._pending: list[tuple[Mapping[str, Any], Record, str | None]] = []
         self._selectors = [(path, field_getter(path)) for path in rule.select]
         self._key = None if rule.key is None else field_getter(rule.key)
         self.scored = 0
@@ -119,7 +120,7 @@ class _ModelState(ShardState):
         self,
         doc: Mapping[str, Any],
         record: Record,
-        identity: str,
+        identity: str | None,
         restoring: bool,
     ) -> str | None:
         try:
@@ -178,7 +179,13 @@ class _ModelState(ShardState):
             event_time = doc.get(rule.time_field)
             alerts.append(
                 Alert(
-                    alert_id=make_alert_id(rule.name, rule.version, identity),
+                    alert_id=make_alert_id(
+                        rule.name,
+                        rule.version,
+                        record_identity(doc, self._identity_field, record)
+                        if identity is None
+                        else identity,
+                    ),
                     rule=rule.name,
                     rule_version=rule.version,
                     severity=rule.severity(score),

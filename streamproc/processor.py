@@ -8,7 +8,7 @@ back as a :class:`DeadLetter` with the reason, and the records around it are pro
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,15 @@ import orjson
 
 from streamproc.errors import MissingFieldError, RecordError
 from streamproc.interfaces import RestorePoint
-from streamproc.records import Alert, DeadLetter, Position, Record, make_alert_id, pos_of
+from streamproc.records import (
+    Alert,
+    DeadLetter,
+    Position,
+    Record,
+    make_alert_id,
+    pos_of,
+    record_identity,
+)
 from streamproc.ruleset import Condition, Rule, RuleSet
 from streamproc.shardloop import LoopShape, ShardLoop, compile_loop
 from streamproc.stateful import StateItem
@@ -255,6 +263,7 @@ class ShardProcessor:
             "each_condition": steps.each_condition,
             "fused": self._fused,
             "IDENTITY_FIELD": self.identity_field,
+            "identify": record_identity,
             "parse_event_time": parse_event_time,
             "RecordError": RecordError,
             "SKEW": windows.max_skew_ms,
@@ -305,7 +314,7 @@ class ShardProcessor:
                 self._finish_restore()
             return False
         result.restored += 1
-        replayed = _identity(doc, self.identity_field, record)
+        replayed = record_identity(doc, self.identity_field, record)
         if self.ruleset.window_rules:
             self.windows.on_record(doc, record, replayed, None, rejected)
             rejected.clear()
@@ -439,7 +448,7 @@ class _SlowSteps:
             return identity
         matches[index] += 1
         if identity is None:
-            identity = _identity(doc, self.identity_field, record)
+            identity = record_identity(doc, self.identity_field, record)
         event_time = doc.get(self.event_time_field)
         alerts.append(
             Alert(
@@ -462,10 +471,3 @@ class _SlowSteps:
     def stateful_raised(self, index: int, exc: Exception) -> str:
         """Why stateful rule ``index`` refused a record it raised on."""
         return f"rule {self.stateful_names[index]!r} raised {type(exc).__name__}: {exc}"
-
-
-def _identity(doc: Mapping[str, Any], identity_field: str, record: Record) -> str:
-    value = doc.get(identity_field)
-    if value is None or isinstance(value, (dict, list)):
-        return record.identity
-    return f"{identity_field}={value}"

@@ -149,6 +149,18 @@ class RecordBatch:
     millis_behind_latest: int | None = None
 
 
+def record_identity(doc: Mapping[str, Any], identity_field: str, record: Record) -> str:
+    """What identifies ``record`` in its alerts' ids: the value of its ``identity_field`` (a
+    transaction id), or, without one, where it sits in its stream (:attr:`Record.identity`).
+
+    Made only when an alert needs it: the shard loop passes ``None`` for "not made yet" to the
+    window and stateful steps, which call this when they have an alert to write."""
+    value = doc.get(identity_field)
+    if value is None or isinstance(value, (dict, list)):
+        return record.identity
+    return f"{identity_field}={value}"
+
+
 def make_alert_id(rule: str, rule_version: int | str, identity: str) -> str:
     """Deterministic alert id: the same rule version on the same record gives the same id.
 

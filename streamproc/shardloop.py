@@ -111,14 +111,6 @@ _FUSED = """\
             for index in hits:
                 identity = matched(index, doc, record, identity, alerts, dead, matches)
 """
-_STATE_HEAD = """\
-        if identity is None:
-            value = doc.get(IDENTITY_FIELD)
-            if value is None or value.__class__ is dict or value.__class__ is list:
-                identity = record.identity
-            else:
-                identity = f"{{IDENTITY_FIELD}}={{value}}"
-"""
 # A run of window rules reading one time field: the time parsed once, then each rule's handler.
 _RUN_TIME = """\
         try:
@@ -147,6 +139,8 @@ _RUN_ARRIVAL = """\
 {handlers}\
 """
 # A window rule's step: its handler called (_CALL), or its fast path's statements written in.
+# The record's identity (for alert ids) is made only once an alert needs it: until then it is
+# None, which handlers and stateful rules take as "not made yet" (add_alerts fills it in).
 _CALL = """\
                 results = h{i}(doc, event_ms, record, identity)
 """
@@ -157,9 +151,11 @@ _HANDLER = """\
                 window_refused({i}, exc, record, dead)
             else:
                 if results:
+                    if identity is None:
+                        identity = identify(doc, IDENTITY_FIELD, record)
                     add_alerts(
                         {i}, results, record.shard_id, pos_of(record), alerts,
-                        record.sequence_number,
+                        record.sequence_number, identity,
                     )
 """
 _STATEFUL = """\
@@ -193,7 +189,6 @@ def loop_source(shape: LoopShape) -> str:
     else:
         parts += [_CONDITION.format(i=i) for i in range(shape.conditions)]
     if shape.per_record_state:
-        parts.append(_STATE_HEAD.format())
         for r, (reads_field, top, indices) in enumerate(shape.runs):
             handlers = "".join(handler(i) for i in indices)
             if reads_field:

@@ -25,7 +25,7 @@ from typing import Any
 from streamproc.records import Alert, DeadLetter, Pos, Position, Record, quick_init
 
 #: ``on_record(doc, record, identity, restoring) -> reason or None``
-RecordHandler = Callable[[Mapping[str, Any], Record, str, bool], str | None]
+RecordHandler = Callable[[Mapping[str, Any], Record, str | None, bool], str | None]
 
 
 @quick_init  # snapshots make tens of thousands at a checkpoint
@@ -67,11 +67,15 @@ class ShardState(ABC):
         self,
         doc: Mapping[str, Any],
         record: Record,
-        identity: str,
+        identity: str | None,
         restoring: bool,
     ) -> str | None:
         """Take one decoded record into account. Returns a reason if the record cannot be used
         by this rule (it is dead-lettered, unless restoring), else None.
+
+        ``identity`` is the record's identity for alert ids, or None if nobody needed it yet:
+        make it with :func:`streamproc.records.record_identity` (and the ``identity_field`` the
+        spec's ``build`` was given) for an alert, not per record.
 
         A position kept in state is the plain (sequence number, sub-sequence number) tuple
         ``pos_of(record)``, not a Position, made only where it is kept or compared: the hot

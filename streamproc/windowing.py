@@ -109,7 +109,13 @@ class WindowSet:
                 if results and alerts is not None:
                     position = pos_of(record)
                     self.add_alerts(
-                        index, results, record.shard_id, position, alerts, record.sequence_number
+                        index,
+                        results,
+                        record.shard_id,
+                        position,
+                        alerts,
+                        record.sequence_number,
+                        identity,
                     )
 
     def run_refused(
@@ -184,10 +190,13 @@ class WindowSet:
         fallback: Pos | None,
         alerts: list[Alert],
         fallback_sequence: str | None = None,
+        identity: str | None = None,
     ) -> None:
         """Append the alerts of ``results``. ``fallback`` is the position of results without a
         trigger; ``fallback_sequence``, if given, is its sequence number as the stream wrote it
-        (results triggered there then reuse the text instead of converting the number back)."""
+        (results triggered there then reuse the text instead of converting the number back).
+        ``identity`` is that record's identity, for results made without it (their handler was
+        given None: the shard loop makes a record's identity only once an alert needs it)."""
         name, version, severity, sinks, per_event, group_by = self._alerting[index]
         dumps = orjson.dumps
         for result in results:
@@ -203,13 +212,18 @@ class WindowSet:
             # Window state is per shard: a key whose records span shards (group-by fields that do
             # not determine the partition key, or a reshard) yields one partial result per
             # shard, and each must keep its own id rather than be taken for a duplicate.
+            trigger = result.trigger_identity
+            if trigger is None and (per_event or result.correction):
+                if identity is None:
+                    raise ValueError(f"a result of rule {name!r} has no trigger identity")
+                trigger = identity  # made by the record being processed, which has this one
             if per_event:
-                identity = f"shard={shard_id}|key={key_json}|event={result.trigger_identity}"
+                text = f"shard={shard_id}|key={key_json}|event={trigger}"
             else:
                 window = f"{result.window_start_ms}-{result.window_end_ms}"
-                identity = f"shard={shard_id}|key={key_json}|window={window}"
+                text = f"shard={shard_id}|key={key_json}|window={window}"
             if result.correction:
-                identity += f"|correction={result.trigger_identity}"
+                text += f"|correction={trigger}"
             where = result.trigger or fallback or (0, 0)
             if fallback_sequence is not None and where == fallback:
                 sequence_number = fallback_sequence
@@ -217,7 +231,7 @@ class WindowSet:
                 sequence_number = str(where[0])
             alerts.append(
                 Alert(
-                    make_alert_id(name, version, identity),
+                    make_alert_id(name, version, text),
                     name,
                     version,
                     severity,

@@ -32,8 +32,9 @@ class WindowResult:
     of the triggering event for early, sliding and correction results. ``trigger`` is the
     position of the record whose processing produced the result (None from ``advance_to`` and
     ``flush``); ``trigger_identity`` is that record's identity for early, sliding and correction
-    results, None for final ones. ``correction`` marks a result that revises a window which was
-    already closed (see the package docstring).
+    results as the caller gave it (the shard loop gives None until an alert needs it, and then
+    passes it to ``WindowSet.add_alerts``), None for final ones. ``correction`` marks a result
+    that revises a window which was already closed (see the package docstring).
     """
 
     rule: WindowRule
@@ -301,7 +302,7 @@ class Engine(Protocol):
         doc: Mapping[str, Any],
         event_time: int,
         position: Pos,
-        identity: str,
+        identity: str | None,
         seq: int,
         rs: Pos,
         rs_time: int,

@@ -109,7 +109,7 @@ class WindowOperator:
         general = self.on_event
 
         def handle(
-            doc: Mapping[str, Any], event_time_ms: int, record: Record, identity: str
+            doc: Mapping[str, Any], event_time_ms: int, record: Record, identity: str | None
         ) -> Sequence[WindowResult]:
             return general(doc, event_time_ms, pos_of(record), identity)
 
@@ -136,7 +136,7 @@ class WindowOperator:
         doc: Mapping[str, Any],
         event_time_ms: int,
         position: Pos,
-        identity: str,
+        identity: str | None,
     ) -> list[WindowResult]:
         """Process one record: its own results (early, sliding, corrections) in window order,
         then final results of the windows its time closed, by (end, key, start).

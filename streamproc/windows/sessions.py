@@ -67,7 +67,7 @@ class SessionEngine:
         doc: Mapping[str, Any],
         event_time: int,
         position: Pos,
-        identity: str,
+        identity: str | None,
         seq: int,
         rs: Pos,
         rs_time: int,
@@ -113,7 +113,7 @@ class SessionEngine:
         end: int,
         event_time: int,
         position: Pos,
-        identity: str,
+        identity: str | None,
         correction: bool,
         out: list[WindowResult],
     ) -> None:

@@ -112,7 +112,7 @@ class SlidingEngine:
         doc: Mapping[str, Any],
         event_time: int,
         position: Pos,
-        identity: str,
+        identity: str | None,
         seq: int,
         rs: Pos,
         rs_time: int,
@@ -208,7 +208,7 @@ class SlidingEngine:
         event_time: int,
         count: int,
         position: Pos,
-        identity: str,
+        identity: str | None,
         late: bool,
         out: list[WindowResult],
     ) -> None:
@@ -224,7 +224,7 @@ class SlidingEngine:
         event_time: int,
         values: dict[str, Any],
         position: Pos,
-        identity: str,
+        identity: str | None,
         late: bool,
     ) -> WindowResult:
         """The result of the event at ``event_time``: its window ``(t - range, t]``."""

@@ -19,7 +19,7 @@ from streamproc.interfaces import RestorePoint
 from streamproc.modelrule import model_rule
 from streamproc.models import load_model
 from streamproc.processor import ShardProcessor
-from streamproc.records import Position, Record
+from streamproc.records import Position, Record, make_alert_id
 from streamproc.ruleset import RuleSet, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -215,3 +215,19 @@ def test_a_model_rule_alerts_on_an_sql_condition_over_the_record_and_the_score(
 def test_a_condition_that_does_not_compile_is_a_rule_error(tmp_path: Path) -> None:
     with pytest.raises(RuleCompileError, match="fraud_score"):
         make_rule(tmp_path, condition="score >> 1")
+
+
+def test_alert_ids_name_the_scored_record(tmp_path: Path) -> None:
+    """A model alert's id is made from its record's tx_id, or without one from its place in the
+    stream: the loop hands the rule no identity (none is made per record), the rule makes it
+    for the alerts it writes."""
+    txs = [tx for tx, _ in labelled_transactions(SPEC, 4)]
+    del txs[1]["tx_id"]
+    rule = make_rule(tmp_path, threshold=0.0, select=["amount"])
+    alerts = processor([rule]).process(records(txs)).alerts
+    assert [a.alert_id for a in alerts] == [
+        make_alert_id("fraud_score", 1, f"tx_id={txs[0]['tx_id']}"),
+        make_alert_id("fraud_score", 1, "shardId-0/1001/0"),
+        make_alert_id("fraud_score", 1, f"tx_id={txs[2]['tx_id']}"),
+        make_alert_id("fraud_score", 1, f"tx_id={txs[3]['tx_id']}"),
+    ]

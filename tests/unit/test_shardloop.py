@@ -16,7 +16,7 @@ import pytest
 
 from streamproc import inventory_rule, processor, rule, window_rule
 from streamproc.processor import ShardProcessor
-from streamproc.records import Record
+from streamproc.records import Record, make_alert_id
 from streamproc.ruleset import RuleSet, predicate_rule
 from streamproc.shardloop import LoopShape, loop_source
 from streamproc.windows import fastpaths
@@ -235,6 +235,45 @@ def test_a_dropped_processor_is_freed_at_once() -> None:
         gc.garbage.clear()
         gc.enable()
     assert ours == []
+
+
+@pytest.mark.parametrize("conditions", [(), (BIG,)])
+def test_alert_ids_name_their_record_though_its_identity_is_made_only_for_an_alert(
+    conditions: tuple[Any, ...],
+) -> None:
+    """The loop makes a record's identity only once an alert needs it (a condition's match, a
+    window's results, a stateful rule's alert); every id is still the one its record gives:
+    its tx_id, or without one its place in the stream. With no condition, the window and the
+    inventory steps are the first to need it."""
+    stock = inventory_rule(
+        name="stock", reorder_threshold=5, initial_quantity=6, stock_sink="inventory_table"
+    )
+    rules = RuleSet(conditions, window_rules=(BURST,), stateful_rules=(stock,))
+    processor = ShardProcessor(rules, default_sinks=("sqs",), shard_id="shard-1")
+    # 1, 2: a new card's burst and a product's first sale, crossing its threshold; 3: a
+    # crossing without a burst (c2 is still bursting); 4: a stock update alone.
+    records = [tx(1), tx(2, tx_id=None, card_id="c2", product_id="p2")]
+    for seq, product in [(3, "p3"), (4, "p1")]:
+        records.append(
+            tx(seq, card_id="c2", product_id=product, event_time=f"2026-01-01T00:02:{seq}0Z")
+        )
+    got = {(a.rule, a.sequence_number): a.alert_id for a in processor.process(records).alerts}
+    for seq, card, identity in [
+        ("1", "c1", "tx_id=t1"),
+        ("2", "c2", "shard-1/2/0"),
+        ("3", None, "tx_id=t3"),
+        ("4", None, "tx_id=t4"),
+    ]:
+        if card is not None:
+            assert got.pop(("burst", seq)) == make_alert_id(
+                "burst", 1, f'shard=shard-1|key=["{card}"]|event={identity}'
+            )
+        if seq != "4":
+            assert got.pop(("stock", seq)) == make_alert_id("stock", 1, identity)
+        assert got.pop(("stock:stock", seq)) == make_alert_id("stock", 1, identity)
+        if conditions:
+            assert got.pop(("big", seq)) == make_alert_id("big", 1, identity)
+    assert got == {}
 
 
 def test_a_stateful_rule_that_raises_dead_letters_the_record_and_names_itself() -> None:
