@@ -276,6 +276,31 @@ def test_alert_ids_name_their_record_though_its_identity_is_made_only_for_an_ale
     assert got == {}
 
 
+@pytest.mark.parametrize("inlined", [True, False])
+def test_an_early_tumble_remembers_verdicts_by_its_own_counts(
+    inlined: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An early Tumble whose aggregates are all counts remembers HAVING's verdict per tuple of
+    counts, through the loop's fast path as through the call. Card c leaves (3 events, 2
+    merchants) known false; card d's (3, 1) holds and must fire, not be taken for c's."""
+    monkeypatch.setattr(processor, "INLINE_WINDOW_STEPS", inlined)
+    once = window_rule(
+        name="one_merchant_thrice",
+        sql="SELECT card_id, COUNT(*) AS n, COUNT(DISTINCT merchant) AS d FROM t "
+        "GROUP BY card_id, TUMBLE(event_time, INTERVAL '1' HOUR) "
+        "HAVING COUNT(*) = 3 AND COUNT(DISTINCT merchant) = 1",
+        emit="early",
+    )
+    shard = ShardProcessor(RuleSet((), window_rules=(once,)), shard_id="shard-1")
+    assert ("FIRED_h0" in shard._compile_loop().source) is inlined
+    cards = [("c", "m1"), ("c", "m2"), ("c", "m2"), ("d", "m1"), ("d", "m1"), ("d", "m1")]
+    records = [tx(seq, card_id=c, merchant=m) for seq, (c, m) in enumerate(cards, start=1)]
+    alerts = shard.process(records).alerts
+    assert [(a.sequence_number, a.key, a.fields) for a in alerts] == [
+        ("6", "d", {"card_id": "d", "n": 3, "d": 1})
+    ]
+
+
 def test_a_stateful_rule_that_raises_dead_letters_the_record_and_names_itself() -> None:
     """A stateful rule's own code failing on a record (here a threshold function) is bad data
     for that rule only: the record's dead letter names the rule and the error, and the other
