@@ -314,13 +314,13 @@ class ShardProcessor:
                 self._finish_restore()
             return False
         result.restored += 1
-        replayed = record_identity(doc, self.identity_field, record)
+        # No identity (None): a replayed record makes no alert, so nothing reads it.
         if self.ruleset.window_rules:
-            self.windows.on_record(doc, record, replayed, None, rejected)
+            self.windows.on_record(doc, record, None, None, rejected)
             rejected.clear()
         for _, on_record in self._stateful_plan:
             try:
-                on_record(doc, record, replayed, True)
+                on_record(doc, record, None, True)
             except Exception:  # refused when it was first processed: skip it again
                 log.debug("rule state refused a replayed record", exc_info=True)
         if record.position == self._restore_until:

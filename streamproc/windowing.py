@@ -74,7 +74,7 @@ class WindowSet:
         self,
         doc: Mapping[str, Any],
         record: Record,
-        identity: str,
+        identity: str | None,
         alerts: list[Alert] | None,
         rejected: list[tuple[str, str]],
     ) -> None:
@@ -83,7 +83,8 @@ class WindowSet:
         generated loop (:mod:`streamproc.shardloop`) takes for live records.
 
         Rejections (missing fields, bad time, late events) are appended to ``rejected`` as
-        (rule name, reason) for the caller to dead-letter.
+        (rule name, reason) for the caller to dead-letter. ``identity`` may be None where no
+        alert is made (a replay): event-triggered alerts need it.
         """
         arrival = record.arrival_ms  # 0: not known
         skew = self.max_skew_ms
